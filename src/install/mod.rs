@@ -1,0 +1,1 @@
+//! Install tasks, upgrades and uninstalls.

@@ -1,0 +1,13 @@
+//! plugind: a serverless-first plugin daemon for Dify.
+//!
+//! The library holds everything; `main.rs` only parses the command line.
+
+pub mod api;
+pub mod error;
+pub mod install;
+pub mod package;
+pub mod runtime;
+pub mod settings;
+pub mod storage;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,486 @@
+//! Settings, parsed once at start-up from the environment (and `.env`), with
+//! the reference daemon's variable names and defaults
+//! (reference: `internal/types/app/config.go`, `default.go`).
+//!
+//! Every setting is also a long flag of `plugind serve`, so `--help` lists
+//! each variable with its default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::{Args, ValueEnum};
+
+/// A secret value that never prints.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Where plugins run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Platform {
+    /// Plugins run as child processes of the daemon.
+    Local,
+    /// Plugins run as AWS Lambda functions.
+    Serverless,
+}
+
+/// Which database backs the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbType {
+    /// An embedded SQLite file under the storage root.
+    Sqlite,
+    /// A PostgreSQL server.
+    #[value(alias = "postgres")]
+    Postgresql,
+}
+
+/// Where packages, assets and artifacts are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageType {
+    /// The local filesystem, under PLUGIN_STORAGE_LOCAL_ROOT.
+    Local,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of `plugind serve`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Settings (each flag can be set by its environment variable)")]
+pub struct Settings {
+    /// Address the HTTP server binds.
+    #[arg(
+        long,
+        env = "SERVER_HOST",
+        value_name = "SERVER_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub server_host: String,
+
+    /// Port of the HTTP server.
+    #[arg(
+        long,
+        env = "SERVER_PORT",
+        value_name = "SERVER_PORT",
+        default_value_t = 5002
+    )]
+    pub server_port: u16,
+
+    /// Key the Dify API server sends as X-Api-Key (Dify's PLUGIN_DAEMON_KEY).
+    #[arg(
+        long,
+        env = "SERVER_KEY",
+        value_name = "SERVER_KEY",
+        hide_env_values = true
+    )]
+    pub server_key: Secret,
+
+    /// Base URL of Dify's inner API, for backwards invocations.
+    #[arg(long, env = "DIFY_INNER_API_URL", value_name = "DIFY_INNER_API_URL")]
+    pub dify_inner_api_url: String,
+
+    /// Key sent to Dify's inner API as X-Inner-Api-Key (Dify's PLUGIN_DIFY_INNER_API_KEY).
+    #[arg(
+        long,
+        env = "DIFY_INNER_API_KEY",
+        value_name = "DIFY_INNER_API_KEY",
+        hide_env_values = true
+    )]
+    pub dify_inner_api_key: Secret,
+
+    /// Where plugins run: local child processes or AWS Lambda.
+    #[arg(
+        long,
+        env = "PLATFORM",
+        value_name = "PLATFORM",
+        value_enum,
+        default_value = "local",
+        ignore_case = true
+    )]
+    pub platform: Platform,
+
+    /// Database kind. Unset: PostgreSQL when DB_HOST or DATABASE_URL is set, else embedded SQLite.
+    #[arg(
+        long,
+        env = "DB_TYPE",
+        value_name = "DB_TYPE",
+        value_enum,
+        ignore_case = true
+    )]
+    pub db_type: Option<DbType>,
+
+    /// PostgreSQL host.
+    #[arg(long, env = "DB_HOST", value_name = "DB_HOST")]
+    pub db_host: Option<String>,
+
+    /// PostgreSQL port.
+    #[arg(long, env = "DB_PORT", value_name = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+
+    /// PostgreSQL user.
+    #[arg(
+        long,
+        env = "DB_USERNAME",
+        value_name = "DB_USERNAME",
+        default_value = "postgres"
+    )]
+    pub db_username: String,
+
+    /// PostgreSQL password.
+    #[arg(
+        long,
+        env = "DB_PASSWORD",
+        value_name = "DB_PASSWORD",
+        hide_env_values = true
+    )]
+    pub db_password: Option<Secret>,
+
+    /// PostgreSQL database; created at start-up if missing.
+    #[arg(
+        long,
+        env = "DB_DATABASE",
+        value_name = "DB_DATABASE",
+        default_value = "dify_plugin"
+    )]
+    pub db_database: String,
+
+    /// PostgreSQL sslmode: disable, prefer, require, verify-ca or verify-full.
+    #[arg(long, env = "DB_SSL_MODE", value_name = "DB_SSL_MODE", default_value = "disable",
+          value_parser = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"])]
+    pub db_ssl_mode: String,
+
+    /// Full database URL (sqlite://… or postgres://…); overrides every DB_* setting.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<Secret>,
+
+    /// Largest number of open database connections.
+    #[arg(
+        long,
+        env = "DB_MAX_OPEN_CONNS",
+        value_name = "DB_MAX_OPEN_CONNS",
+        default_value_t = 30
+    )]
+    pub db_max_open_conns: u32,
+
+    /// Storage backend for packages and assets.
+    #[arg(
+        long,
+        env = "PLUGIN_STORAGE_TYPE",
+        value_name = "PLUGIN_STORAGE_TYPE",
+        value_enum,
+        default_value = "local",
+        ignore_case = true
+    )]
+    pub plugin_storage_type: StorageType,
+
+    /// Root folder of local storage (packages, assets, the SQLite file).
+    #[arg(
+        long,
+        env = "PLUGIN_STORAGE_LOCAL_ROOT",
+        value_name = "PLUGIN_STORAGE_LOCAL_ROOT",
+        default_value = "storage"
+    )]
+    pub plugin_storage_local_root: PathBuf,
+
+    /// Where installed packages are kept, inside the storage.
+    #[arg(
+        long,
+        env = "PLUGIN_INSTALLED_PATH",
+        value_name = "PLUGIN_INSTALLED_PATH",
+        default_value = "plugin"
+    )]
+    pub plugin_installed_path: String,
+
+    /// Where uploaded packages are kept, inside the storage.
+    #[arg(
+        long,
+        env = "PLUGIN_PACKAGE_CACHE_PATH",
+        value_name = "PLUGIN_PACKAGE_CACHE_PATH",
+        default_value = "plugin_packages"
+    )]
+    pub plugin_package_cache_path: String,
+
+    /// Where plugin assets (icons…) are kept, inside the storage.
+    #[arg(
+        long,
+        env = "PLUGIN_MEDIA_CACHE_PATH",
+        value_name = "PLUGIN_MEDIA_CACHE_PATH",
+        default_value = "assets"
+    )]
+    pub plugin_media_cache_path: String,
+
+    /// Folder where plugins are unpacked and run. Unset: <PLUGIN_STORAGE_LOCAL_ROOT>/cwd.
+    #[arg(long, env = "PLUGIN_WORKING_PATH", value_name = "PLUGIN_WORKING_PATH")]
+    pub plugin_working_path: Option<PathBuf>,
+
+    /// Largest accepted plugin package, in bytes (compressed and uncompressed).
+    #[arg(
+        long,
+        env = "MAX_PLUGIN_PACKAGE_SIZE",
+        value_name = "MAX_PLUGIN_PACKAGE_SIZE",
+        default_value_t = 52_428_800
+    )]
+    pub max_plugin_package_size: u64,
+
+    /// Largest accepted bundle, in bytes.
+    #[arg(
+        long,
+        env = "MAX_BUNDLE_PACKAGE_SIZE",
+        value_name = "MAX_BUNDLE_PACKAGE_SIZE",
+        default_value_t = 629_145_600
+    )]
+    pub max_bundle_package_size: u64,
+
+    /// Refuse unsigned or badly signed packages when the upload asks for verification.
+    #[arg(long, env = "FORCE_VERIFYING_SIGNATURE", value_name = "FORCE_VERIFYING_SIGNATURE", default_value = "true", action = clap::ArgAction::Set)]
+    pub force_verifying_signature: bool,
+
+    /// Also accept signatures made with the keys of THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS.
+    #[arg(long, env = "THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED", value_name = "THIRD_PARTY_SIGNATURE_VERIFICATION_ENABLED", default_value = "false", action = clap::ArgAction::Set)]
+    pub third_party_signature_verification_enabled: bool,
+
+    /// Comma-separated paths of PEM public keys for third-party signatures.
+    #[arg(
+        long,
+        env = "THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS",
+        value_name = "THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub third_party_signature_verification_public_keys: Vec<PathBuf>,
+
+    /// Longest a plugin invocation may run, in seconds.
+    #[arg(
+        long,
+        env = "PLUGIN_MAX_EXECUTION_TIMEOUT",
+        value_name = "PLUGIN_MAX_EXECUTION_TIMEOUT",
+        default_value_t = 600
+    )]
+    pub plugin_max_execution_timeout: u64,
+
+    /// Log level: TRACE, DEBUG, INFO, WARN or ERROR (or a tracing filter such as plugind=debug).
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_name = "LOG_LEVEL",
+        default_value = "INFO"
+    )]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "LOG_OUTPUT_FORMAT",
+        value_name = "LOG_OUTPUT_FORMAT",
+        value_enum,
+        default_value = "text",
+        ignore_case = true
+    )]
+    pub log_output_format: LogFormat,
+}
+
+/// How the store connects, derived from the DB_* settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite(PathBuf),
+    Postgres(Secret),
+}
+
+impl Settings {
+    /// The database the store opens: DATABASE_URL if set, else DB_TYPE, else
+    /// Postgres when DB_HOST is set (as Dify's docker-compose does), else the
+    /// embedded SQLite file under the storage root.
+    pub fn database_target(&self) -> Result<DatabaseTarget, String> {
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                let path = path.split('?').next().unwrap_or(path);
+                return Ok(DatabaseTarget::Sqlite(PathBuf::from(path)));
+            }
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                return Ok(DatabaseTarget::Postgres(Secret::new(url)));
+            }
+            return Err("DATABASE_URL must start with sqlite:// or postgres://".into());
+        }
+        let kind = match (self.db_type, &self.db_host) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => DbType::Postgresql,
+            (None, None) => DbType::Sqlite,
+        };
+        match kind {
+            DbType::Sqlite => Ok(DatabaseTarget::Sqlite(
+                self.plugin_storage_local_root.join("plugind.db"),
+            )),
+            DbType::Postgresql => {
+                let host = self
+                    .db_host
+                    .as_deref()
+                    .ok_or("DB_HOST is required when DB_TYPE=postgresql")?;
+                let password = self.db_password.as_ref().map(Secret::expose).unwrap_or("");
+                Ok(DatabaseTarget::Postgres(Secret::new(format!(
+                    "postgres://{}:{}@{}:{}/{}?sslmode={}",
+                    percent_encode(&self.db_username),
+                    percent_encode(password),
+                    host,
+                    self.db_port,
+                    percent_encode(&self.db_database),
+                    self.db_ssl_mode
+                ))))
+            }
+        }
+    }
+
+    /// The folder plugins are unpacked and run in.
+    pub fn working_path(&self) -> PathBuf {
+        self.plugin_working_path
+            .clone()
+            .unwrap_or_else(|| self.plugin_storage_local_root.join("cwd"))
+    }
+
+    /// Checks what clap cannot: relations between settings and files that
+    /// must exist. The message names the variable at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        self.database_target()?;
+        if !self.dify_inner_api_url.starts_with("http://")
+            && !self.dify_inner_api_url.starts_with("https://")
+        {
+            return Err(format!(
+                "DIFY_INNER_API_URL must be an http:// or https:// URL, got {:?}",
+                self.dify_inner_api_url
+            ));
+        }
+        if self.max_plugin_package_size == 0 {
+            return Err("MAX_PLUGIN_PACKAGE_SIZE must be greater than 0".into());
+        }
+        if self.plugin_max_execution_timeout == 0 {
+            return Err("PLUGIN_MAX_EXECUTION_TIMEOUT must be greater than 0".into());
+        }
+        if self.third_party_signature_verification_enabled {
+            for path in &self.third_party_signature_verification_public_keys {
+                if !Path::new(path).is_file() {
+                    return Err(format!(
+                        "THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS: no such file {}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        let mut all = vec![
+            "plugind",
+            "--server-key",
+            "k",
+            "--dify-inner-api-url",
+            "http://dify",
+            "--dify-inner-api-key",
+            "i",
+        ];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|c| c.settings)
+    }
+
+    #[test]
+    fn embedded_sqlite_is_the_default() {
+        let s = parse(&["--plugin-storage-local-root", "/data"]).unwrap();
+        assert_eq!(s.server_port, 5002);
+        assert_eq!(
+            s.database_target().unwrap(),
+            DatabaseTarget::Sqlite(PathBuf::from("/data/plugind.db"))
+        );
+        assert_eq!(s.working_path(), PathBuf::from("/data/cwd"));
+    }
+
+    #[test]
+    fn db_host_selects_postgres() {
+        let s = parse(&["--db-host", "db", "--db-password", "p@ss"]).unwrap();
+        match s.database_target().unwrap() {
+            DatabaseTarget::Postgres(url) => {
+                assert_eq!(
+                    url.expose(),
+                    "postgres://postgres:p%40ss@db:5432/dify_plugin?sslmode=disable"
+                )
+            }
+            other => panic!("expected postgres, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_port_names_the_variable() {
+        let err = parse(&["--server-port", "seventy"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SERVER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = parse(&[]).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("\"k\""), "{shown}");
+        assert!(shown.contains("Secret(***)"));
+    }
+}
