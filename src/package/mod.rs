@@ -75,7 +75,10 @@ impl SignatureKeys {
     pub fn from_files(paths: &[PathBuf]) -> Result<Self, PackageError> {
         for p in paths {
             if !p.is_file() {
-                return Err(PackageError::Invalid(format!("no such key {}", p.display())));
+                return Err(PackageError::Invalid(format!(
+                    "no such key {}",
+                    p.display()
+                )));
             }
         }
         Ok(Self)
@@ -97,7 +100,10 @@ impl PluginUniqueIdentifier {
     }
     /// The author part (empty when absent).
     pub fn author(&self) -> &str {
-        self.plugin_id().split_once('/').map(|(a, _)| a).unwrap_or("")
+        self.plugin_id()
+            .split_once('/')
+            .map(|(a, _)| a)
+            .unwrap_or("")
     }
     /// The name part.
     pub fn name(&self) -> &str {
@@ -118,7 +124,8 @@ impl PluginUniqueIdentifier {
 fn name_ok(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn version_ok(v: &str) -> bool {
@@ -128,7 +135,9 @@ fn version_ok(v: &str) -> bool {
     };
     let parts: Vec<&str> = core.split('.').collect();
     let nums = (2..=4).contains(&parts.len())
-        && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()));
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()));
     let pre_ok = pre.is_none_or(|p| {
         !p.is_empty() && p.len() <= 16 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     });
@@ -149,7 +158,9 @@ impl FromStr for PluginUniqueIdentifier {
             && name_ok(name, 255)
             && version_ok(version)
             && (32..=64).contains(&checksum.len())
-            && checksum.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && checksum
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -203,7 +214,9 @@ fn yaml(files: &BTreeMap<String, Bytes>, path: &str) -> Result<Value, PackageErr
 /// Unpacks and reads a package.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PluginPackage, PackageError> {
     if bytes.len() as u64 > limits.max_compressed {
-        return Err(PackageError::Invalid("file size exceeds the maximum limit".into()));
+        return Err(PackageError::Invalid(
+            "file size exceeds the maximum limit".into(),
+        ));
     }
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| PackageError::Invalid(format!("not a zip file: {e}")))?;
@@ -226,7 +239,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PluginPackage, Pack
             .map_err(|e| PackageError::Invalid(e.to_string()))?;
         total += buf.len() as u64;
         if total > limits.max_uncompressed {
-            return Err(PackageError::Invalid("package too large when unpacked".into()));
+            return Err(PackageError::Invalid(
+                "package too large when unpacked".into(),
+            ));
         }
         files.insert(f.name().to_owned(), Bytes::from(buf));
     }
@@ -250,7 +265,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PluginPackage, Pack
         ("datasources", "datasource"),
         ("triggers", "trigger"),
     ] {
-        let Some(path) = plugins.get(list).and_then(|l| l.get(0)).and_then(Value::as_str) else {
+        let Some(path) = plugins
+            .get(list)
+            .and_then(|l| l.get(0))
+            .and_then(Value::as_str)
+        else {
             continue;
         };
         let mut provider = yaml(&files, path)?;
@@ -266,16 +285,23 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<PluginPackage, Pack
         obj.insert(field.to_owned(), provider);
     }
     let field = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    let identifier: PluginUniqueIdentifier =
-        format!("{}/{}:{}@{}", field("author"), field("name"), field("version"), checksum)
-            .parse()?;
+    let identifier: PluginUniqueIdentifier = format!(
+        "{}/{}:{}@{}",
+        field("author"),
+        field("name"),
+        field("version"),
+        checksum
+    )
+    .parse()?;
     let readme = files
         .iter()
         .filter_map(|(path, data)| {
             let lang = if path == "README.md" {
                 "en_US".to_owned()
             } else {
-                path.strip_prefix("readme/README_")?.strip_suffix(".md")?.to_owned()
+                path.strip_prefix("readme/README_")?
+                    .strip_suffix(".md")?
+                    .to_owned()
             };
             Some((lang, String::from_utf8_lossy(data).into_owned()))
         })
@@ -297,6 +323,8 @@ pub fn verify(bytes: &[u8], _keys: &SignatureKeys) -> Result<Option<Verification
     if archive.comment().is_empty() {
         Ok(None)
     } else {
-        Err(PackageError::Signature("signature checking is not available".into()))
+        Err(PackageError::Signature(
+            "signature checking is not available".into(),
+        ))
     }
 }
