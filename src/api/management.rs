@@ -1,0 +1,611 @@
+//! The management routes under `/plugin/{tenant_id}/management` and the
+//! asset route (reference: `internal/server/controllers/plugins.go` and the
+//! services in `internal/service/`; shapes as Dify's
+//! `api/core/plugin/impl/*.py` parse them).
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::envelope::Envelope;
+use super::extract::{parse_identifier, ApiError, Input};
+use crate::app_state::AppState;
+use crate::error::DaemonError;
+use crate::package::PluginUniqueIdentifier;
+use crate::store::{Installation, ProviderCategory, ProviderInstallation};
+
+type Result<T = Response> = std::result::Result<T, ApiError>;
+
+fn ok(data: impl serde::Serialize) -> Result {
+    Ok(Envelope::success(data).into_response())
+}
+
+fn too_large() -> ApiError {
+    DaemonError::BadRequest("file size exceeds the maximum limit".into()).into()
+}
+
+/// Reads one uploaded file field (at most `max` bytes) and the
+/// `verify_signature` flag from a multipart form.
+async fn read_upload(
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+    file_field: &str,
+    max: u64,
+) -> Result<(Bytes, bool)> {
+    let mut multipart = multipart.map_err(|e| DaemonError::BadRequest(e.body_text()))?;
+    let mut file = None;
+    let mut verify = false;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(e) => return Err(DaemonError::BadRequest(e.body_text()).into()),
+        };
+        match field.name() {
+            Some(name) if name == file_field => {
+                let mut field = field;
+                let mut buf = Vec::new();
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if (buf.len() + chunk.len()) as u64 > max {
+                                return Err(too_large());
+                            }
+                            buf.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                            return Err(too_large())
+                        }
+                        Err(e) => return Err(DaemonError::BadRequest(e.body_text()).into()),
+                    }
+                }
+                file = Some(Bytes::from(buf));
+            }
+            Some("verify_signature") => {
+                verify = field
+                    .text()
+                    .await
+                    .map_err(|e| DaemonError::BadRequest(e.body_text()))?
+                    == "true";
+            }
+            _ => {}
+        }
+    }
+    let file = file.ok_or_else(|| {
+        DaemonError::BadRequest(format!("http: no such file: {file_field} is required"))
+    })?;
+    Ok((file, verify))
+}
+
+/// `POST install/upload/package`: multipart `dify_pkg` + `verify_signature`.
+pub async fn upload_package(
+    State(state): State<AppState>,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Result {
+    let max = state.packages.settings().max_package_size;
+    let (bytes, verify) = read_upload(multipart, "dify_pkg", max).await?;
+    ok(state.packages.upload(bytes, verify).await?)
+}
+
+#[derive(Deserialize)]
+struct InstallRequest {
+    plugin_unique_identifiers: Vec<String>,
+    source: String,
+    #[serde(default)]
+    metas: Option<Vec<Option<Value>>>,
+}
+
+/// `POST install/identifiers` → `{all_installed, task_id}`.
+pub async fn install_identifiers(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    let req: InstallRequest = input.parse()?;
+    if req.source.is_empty() {
+        return Err(ApiError::Invalid("source is required".into()));
+    }
+    if req.plugin_unique_identifiers.len() > 64 {
+        return Err(ApiError::Invalid("at most 64 plugins at once".into()));
+    }
+    let ids = req
+        .plugin_unique_identifiers
+        .iter()
+        .map(|s| parse_identifier(s))
+        .collect::<Result<Vec<_>>>()?;
+    let metas: Vec<Value> = req
+        .metas
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.unwrap_or_else(|| json!({})))
+        .collect();
+    if metas.len() != ids.len() {
+        return Err(DaemonError::BadRequest(
+            "the number of metas must be equal to the number of plugin unique identifiers".into(),
+        )
+        .into());
+    }
+    ok(state
+        .installer
+        .install(&tenant_id, &ids, &req.source, metas)
+        .await?)
+}
+
+#[derive(Deserialize)]
+struct UpgradeRequest {
+    original_plugin_unique_identifier: String,
+    new_plugin_unique_identifier: String,
+    source: String,
+    #[serde(default)]
+    meta: Option<Value>,
+}
+
+/// `POST install/upgrade` → `{all_installed, task_id}`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    let req: UpgradeRequest = input.parse()?;
+    if req.source.is_empty() {
+        return Err(ApiError::Invalid("source is required".into()));
+    }
+    let original = parse_identifier(&req.original_plugin_unique_identifier)?;
+    let new = parse_identifier(&req.new_plugin_unique_identifier)?;
+    if original == new {
+        return Err(DaemonError::BadRequest(
+            "original and new plugin unique identifier are the same".into(),
+        )
+        .into());
+    }
+    if original.plugin_id() != new.plugin_id() {
+        return Err(
+            DaemonError::BadRequest("original and new plugin id are different".into()).into(),
+        );
+    }
+    let meta = req
+        .meta
+        .filter(|m| !m.is_null())
+        .unwrap_or_else(|| json!({}));
+    ok(state
+        .installer
+        .upgrade(&tenant_id, &original, &new, &req.source, meta)
+        .await?)
+}
+
+/// `GET install/tasks?page&page_size`.
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    let (page, size) = input.page()?;
+    ok(state.store.list_tasks(&tenant_id, page, size).await?)
+}
+
+/// `GET install/tasks/{id}`.
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(String, String)>,
+) -> Result {
+    // The reference answers an internal error for a missing task; not found
+    // is what happened.
+    match state.store.task(&tenant_id, &id).await? {
+        Some(task) => ok(task),
+        None => Err(DaemonError::NotFound("install task not found".into()).into()),
+    }
+}
+
+/// `POST install/tasks/{id}/delete`.
+pub async fn delete_task(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(String, String)>,
+) -> Result {
+    state.store.delete_task(&tenant_id, &id).await?;
+    ok(true)
+}
+
+/// `POST install/tasks/delete_all`.
+pub async fn delete_all_tasks(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result {
+    state.store.delete_all_tasks(&tenant_id).await?;
+    ok(true)
+}
+
+/// `POST install/tasks/{id}/delete/{*identifier}`.
+pub async fn delete_task_item(
+    State(state): State<AppState>,
+    Path((tenant_id, id, identifier)): Path<(String, String, String)>,
+) -> Result {
+    let identifier: PluginUniqueIdentifier = identifier
+        .trim_start_matches('/')
+        .parse()
+        .map_err(|e: crate::package::PackageError| DaemonError::BadRequest(e.to_string()))?;
+    state
+        .store
+        .delete_task_item(&tenant_id, &id, &identifier.to_string())
+        .await?;
+    ok(true)
+}
+
+/// `GET decode/from_identifier` (identifier in the query or a JSON body).
+pub async fn decode_from_identifier(State(state): State<AppState>, input: Input) -> Result {
+    let id = input.identifier("plugin_unique_identifier")?;
+    ok(state.packages.decode_from_identifier(&id).await?)
+}
+
+/// `GET fetch/manifest`.
+pub async fn fetch_manifest(State(state): State<AppState>, input: Input) -> Result {
+    let id = input.identifier("plugin_unique_identifier")?;
+    match state.store.declaration(&id.to_string()).await? {
+        Some(decl) => ok(decl),
+        // Reference quirk kept: a bad request, not a not-found.
+        None => Err(DaemonError::BadRequest("plugin not found".into()).into()),
+    }
+}
+
+/// `GET fetch/identifier` → whether the package is installed anywhere.
+pub async fn fetch_identifier(State(state): State<AppState>, input: Input) -> Result {
+    let id = input.identifier("plugin_unique_identifier")?;
+    ok(state.store.plugin(&id.to_string()).await?.is_some())
+}
+
+/// `GET fetch/readme` → `{content, language}`.
+pub async fn fetch_readme(State(state): State<AppState>, input: Input) -> Result {
+    let id = input.identifier("plugin_unique_identifier")?;
+    let language = input.opt_str("language").unwrap_or_default();
+    ok(state.packages.readme(&id, &language).await?)
+}
+
+/// `POST uninstall` `{plugin_installation_id}` → `true`, even when absent.
+pub async fn uninstall(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    let id = input.str("plugin_installation_id")?;
+    state.installer.uninstall(&tenant_id, &id).await?;
+    ok(true)
+}
+
+/// Declarations looked up once per request.
+struct Declarations<'a> {
+    state: &'a AppState,
+    cache: HashMap<String, Value>,
+}
+
+impl<'a> Declarations<'a> {
+    fn new(state: &'a AppState) -> Self {
+        Self {
+            state,
+            cache: HashMap::new(),
+        }
+    }
+
+    async fn get(&mut self, identifier: &str) -> Result<Value> {
+        if let Some(d) = self.cache.get(identifier) {
+            return Ok(d.clone());
+        }
+        let decl = self
+            .state
+            .store
+            .declaration(identifier)
+            .await?
+            .ok_or_else(|| {
+                DaemonError::internal_msg(format!("declaration of {identifier} is missing"))
+            })?;
+        self.cache.insert(identifier.to_owned(), decl.clone());
+        Ok(decl)
+    }
+}
+
+fn checksum_of(identifier: &str) -> &str {
+    identifier.split_once('@').map(|(_, c)| c).unwrap_or("")
+}
+
+fn version_of(identifier: &str) -> &str {
+    let rest = identifier.split_once(':').map(|(_, r)| r).unwrap_or("");
+    rest.split_once('@').map(|(v, _)| v).unwrap_or(rest)
+}
+
+/// `GET list?page&page_size` → `{list, total}`.
+pub async fn list_plugins(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    let (page, size) = input.page()?;
+    let (installations, total) = state
+        .store
+        .list_installations(&tenant_id, page, size)
+        .await?;
+    let mut decls = Declarations::new(&state);
+    let mut list = Vec::with_capacity(installations.len());
+    for inst in installations {
+        let decl = decls.get(&inst.plugin_unique_identifier).await?;
+        list.push(json!({
+            "id": inst.id,
+            "name": decl.get("name").cloned().unwrap_or(Value::Null),
+            "plugin_id": inst.plugin_id,
+            "tenant_id": inst.tenant_id,
+            "plugin_unique_identifier": inst.plugin_unique_identifier,
+            "endpoints_active": inst.endpoints_active,
+            "endpoints_setups": inst.endpoints_setups,
+            "installation_id": inst.id,
+            "version": decl.get("version").cloned().unwrap_or(Value::Null),
+            "checksum": checksum_of(&inst.plugin_unique_identifier),
+            "declaration": decl,
+            "runtime_type": inst.runtime_type,
+            "created_at": inst.created_at,
+            "updated_at": inst.updated_at,
+            "source": inst.source,
+            "meta": inst.meta,
+        }));
+    }
+    ok(json!({"list": list, "total": total}))
+}
+
+async fn installation_with_declaration(
+    decls: &mut Declarations<'_>,
+    inst: Installation,
+) -> Result<Value> {
+    let decl = decls.get(&inst.plugin_unique_identifier).await?;
+    let version = version_of(&inst.plugin_unique_identifier).to_owned();
+    let checksum = checksum_of(&inst.plugin_unique_identifier).to_owned();
+    let mut v = serde_json::to_value(inst).expect("installations serialize");
+    let obj = v.as_object_mut().expect("installations are objects");
+    obj.insert("version".into(), Value::String(version));
+    obj.insert("checksum".into(), Value::String(checksum));
+    obj.insert("declaration".into(), decl);
+    Ok(v)
+}
+
+/// `POST installation/fetch/batch` `{plugin_ids}`.
+pub async fn fetch_installations(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    #[derive(Deserialize)]
+    struct Req {
+        plugin_ids: Vec<String>,
+    }
+    let req: Req = input.parse()?;
+    if req.plugin_ids.len() > 256 {
+        return Err(ApiError::Invalid("at most 256 plugin ids".into()));
+    }
+    let installations = state
+        .store
+        .installations_by_plugin_ids(&tenant_id, &req.plugin_ids)
+        .await?;
+    let mut decls = Declarations::new(&state);
+    let mut out = Vec::with_capacity(installations.len());
+    for inst in installations {
+        out.push(installation_with_declaration(&mut decls, inst).await?);
+    }
+    ok(out)
+}
+
+/// `POST installation/missing` `{plugin_unique_identifiers}` →
+/// `[{plugin_unique_identifier, current_identifier}]` for each one the tenant
+/// lacks or has at another version.
+pub async fn missing_installations(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    #[derive(Deserialize)]
+    struct Req {
+        plugin_unique_identifiers: Vec<String>,
+    }
+    let req: Req = input.parse()?;
+    if req.plugin_unique_identifiers.len() > 256 {
+        return Err(ApiError::Invalid("at most 256 identifiers".into()));
+    }
+    let ids = req
+        .plugin_unique_identifiers
+        .iter()
+        .map(|s| parse_identifier(s))
+        .collect::<Result<Vec<_>>>()?;
+    let plugin_ids: Vec<String> = ids.iter().map(|i| i.plugin_id().to_owned()).collect();
+    let installed = state
+        .store
+        .installations_by_plugin_ids(&tenant_id, &plugin_ids)
+        .await?;
+    let mut out = Vec::new();
+    for id in &ids {
+        let id_text = id.to_string();
+        match installed.iter().find(|i| i.plugin_id == id.plugin_id()) {
+            Some(i) if i.plugin_unique_identifier == id_text => {}
+            Some(i) => out.push(json!({
+                "plugin_unique_identifier": id_text,
+                "current_identifier": i.plugin_unique_identifier,
+            })),
+            None => out.push(json!({
+                "plugin_unique_identifier": id_text,
+                "current_identifier": "",
+            })),
+        }
+    }
+    ok(out)
+}
+
+async fn provider_entry(
+    decls: &mut Declarations<'_>,
+    category: ProviderCategory,
+    provider: ProviderInstallation,
+) -> Result<Value> {
+    let decl = decls.get(&provider.plugin_unique_identifier).await?;
+    let mut v = serde_json::to_value(provider).expect("providers serialize");
+    let obj = v.as_object_mut().expect("providers are objects");
+    obj.insert(
+        "declaration".into(),
+        decl.get(category.declaration_field())
+            .cloned()
+            .unwrap_or(Value::Null),
+    );
+    if category == ProviderCategory::AgentStrategy {
+        obj.insert(
+            "meta".into(),
+            decl.get("meta").cloned().unwrap_or_else(|| json!({})),
+        );
+    }
+    Ok(v)
+}
+
+async fn list_category(
+    state: AppState,
+    tenant_id: String,
+    input: Input,
+    category: ProviderCategory,
+) -> Result {
+    let (page, size) = input.page()?;
+    let providers = state
+        .store
+        .list_providers(&tenant_id, category, page, size)
+        .await?;
+    let mut decls = Declarations::new(&state);
+    let mut out = Vec::with_capacity(providers.len());
+    for p in providers {
+        out.push(provider_entry(&mut decls, category, p).await?);
+    }
+    ok(out)
+}
+
+async fn get_category(
+    state: AppState,
+    tenant_id: String,
+    input: Input,
+    category: ProviderCategory,
+) -> Result {
+    let plugin_id = input.str("plugin_id")?;
+    let provider = input.str("provider")?;
+    let found = state
+        .store
+        .provider(&tenant_id, category, &plugin_id)
+        .await?
+        .filter(|p| p.provider == provider)
+        .ok_or(DaemonError::PluginNotFound)?;
+    let mut decls = Declarations::new(&state);
+    ok(provider_entry(&mut decls, category, found).await?)
+}
+
+macro_rules! category_routes {
+    ($list:ident, $get:ident, $cat:expr) => {
+        /// Lists the tenant's providers of this category, one page.
+        pub async fn $list(
+            State(state): State<AppState>,
+            Path(tenant_id): Path<String>,
+            input: Input,
+        ) -> Result {
+            list_category(state, tenant_id, input, $cat).await
+        }
+
+        /// One provider of this category by `plugin_id` and `provider`.
+        pub async fn $get(
+            State(state): State<AppState>,
+            Path(tenant_id): Path<String>,
+            input: Input,
+        ) -> Result {
+            get_category(state, tenant_id, input, $cat).await
+        }
+    };
+}
+
+category_routes!(list_tools, get_tool, ProviderCategory::Tool);
+category_routes!(
+    list_agent_strategies,
+    get_agent_strategy,
+    ProviderCategory::AgentStrategy
+);
+category_routes!(
+    list_datasources,
+    get_datasource,
+    ProviderCategory::Datasource
+);
+category_routes!(list_triggers, get_trigger, ProviderCategory::Trigger);
+
+/// `GET models?page&page_size`.
+pub async fn list_models(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    list_category(state, tenant_id, input, ProviderCategory::Model).await
+}
+
+/// `POST tools/check_existence` `{provider_ids: [{plugin_id, provider_name}]}`
+/// → one bool per entry.
+pub async fn check_tool_existence(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    #[derive(Deserialize)]
+    struct ProviderId {
+        plugin_id: String,
+        provider_name: String,
+    }
+    #[derive(Deserialize)]
+    struct Req {
+        provider_ids: Vec<ProviderId>,
+    }
+    let req: Req = input.parse()?;
+    if req
+        .provider_ids
+        .iter()
+        .any(|p| p.plugin_id.is_empty() || p.provider_name.is_empty())
+    {
+        return Err(ApiError::Invalid(
+            "plugin_id and provider_name are required".into(),
+        ));
+    }
+    let plugin_ids: Vec<String> = req
+        .provider_ids
+        .iter()
+        .map(|p| p.plugin_id.clone())
+        .collect();
+    let found = state
+        .store
+        .providers_by_plugin_ids(&tenant_id, ProviderCategory::Tool, &plugin_ids)
+        .await?;
+    let out: Vec<bool> = req
+        .provider_ids
+        .iter()
+        .map(|p| {
+            found
+                .iter()
+                .any(|f| f.plugin_id == p.plugin_id && f.provider == p.provider_name)
+        })
+        .collect();
+    ok(out)
+}
+
+/// `GET /plugin/{tenant_id}/asset/{id}`: the raw bytes of an asset.
+pub async fn asset(
+    State(state): State<AppState>,
+    Path((_tenant_id, id)): Path<(String, String)>,
+) -> Result {
+    match state.packages.asset(&id).await? {
+        Some(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        None => {
+            let err = DaemonError::NotFound("asset not found".into());
+            Ok((
+                StatusCode::NOT_FOUND,
+                axum::Json(super::envelope::error_envelope_json(&err)),
+            )
+                .into_response())
+        }
+    }
+}

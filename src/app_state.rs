@@ -1,0 +1,106 @@
+//! The daemon's shared state, built once at start-up and handed to every
+//! route: settings, store, blob storage, signature keys, the package service
+//! and the installer.
+
+use std::sync::Arc;
+
+use crate::install::packages::{PackageSettings, Packages};
+use crate::install::{InstallStep, Installer, NoopInstallStep};
+use crate::package::{PackageError, SignatureKeys};
+use crate::settings::{DatabaseTarget, Platform, Settings};
+use crate::storage::{LocalStorage, Storage};
+use crate::store::{Store, StoreError};
+
+/// Why the state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AppStateError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot load signature keys: {0}")]
+    Keys(#[from] PackageError),
+    #[error("cannot prepare storage at {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub storage: Arc<dyn Storage>,
+    pub keys: Arc<SignatureKeys>,
+    pub packages: Arc<Packages>,
+    pub installer: Arc<Installer>,
+}
+
+impl AppState {
+    /// Opens the store (creating the SQLite folder or the PostgreSQL database
+    /// when missing), runs migrations, prepares local storage and fails the
+    /// install tasks a previous daemon left unfinished. Installs use the
+    /// no-op step.
+    pub async fn build(settings: Settings) -> Result<Self, AppStateError> {
+        Self::build_with_step(settings, Arc::new(NoopInstallStep)).await
+    }
+
+    /// [`AppState::build`] with the runtime's install step.
+    pub async fn build_with_step(
+        settings: Settings,
+        step: Arc<dyn InstallStep>,
+    ) -> Result<Self, AppStateError> {
+        let url = match settings
+            .database_target()
+            .map_err(AppStateError::Settings)?
+        {
+            DatabaseTarget::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseTarget::Postgres(url) => url.expose().to_owned(),
+        };
+        let store = Store::connect(&url, settings.db_max_open_conns).await?;
+        let root = &settings.plugin_storage_local_root;
+        std::fs::create_dir_all(root).map_err(|source| AppStateError::Storage {
+            path: root.display().to_string(),
+            source,
+        })?;
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(root));
+        let keys = Arc::new(if settings.third_party_signature_verification_enabled {
+            SignatureKeys::from_files(&settings.third_party_signature_verification_public_keys)?
+        } else {
+            SignatureKeys::official_only()
+        });
+        let packages = Arc::new(Packages::new(
+            store.clone(),
+            storage.clone(),
+            keys.clone(),
+            PackageSettings {
+                max_package_size: settings.max_plugin_package_size,
+                force_verifying_signature: settings.force_verifying_signature,
+                package_prefix: settings.plugin_package_cache_path.clone(),
+                media_prefix: settings.plugin_media_cache_path.clone(),
+            },
+        ));
+        let runtime_type = match settings.platform {
+            Platform::Local => "local",
+            Platform::Serverless => "serverless",
+        };
+        let installer = Arc::new(Installer::new(
+            store.clone(),
+            step,
+            runtime_type,
+            settings.plugin_package_cache_path.clone(),
+        ));
+        installer.recover().await?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            store,
+            storage,
+            keys,
+            packages,
+            installer,
+        })
+    }
+}
