@@ -8,6 +8,7 @@ pub mod error;
 pub mod install;
 pub mod package;
 pub mod runtime;
+pub mod serve;
 pub mod settings;
 pub mod storage;
 pub mod store;

@@ -33,8 +33,10 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("plugind: invalid settings: {message}");
                 std::process::exit(2);
             }
-            eprintln!("serve: {settings:?}");
-            Ok(())
+            plugind::telemetry::init(&settings.log_level, settings.log_output_format)
+                .map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(plugind::serve::run(*settings))
         }
     }
 }

@@ -1,0 +1,63 @@
+//! `plugind serve`: builds the state once, binds the HTTP listener and runs
+//! until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::app_state::AppState;
+use crate::settings::Settings;
+
+/// Keys published in Dify's docker-compose defaults; fine on a laptop, never
+/// in production.
+const PUBLIC_DEFAULT_KEYS: [&str; 2] = [
+    "lYkiYYT6owG+71oLerGzA7GXCgOT++6ovaezWAjpCjf+Sjc3ZtU+qUEi",
+    "QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1",
+];
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    for (name, value) in [
+        ("SERVER_KEY", settings.server_key.expose()),
+        ("DIFY_INNER_API_KEY", settings.dify_inner_api_key.expose()),
+    ] {
+        if PUBLIC_DEFAULT_KEYS.contains(&value) {
+            tracing::warn!("{name} is the public default from Dify's docker-compose; set your own key outside local testing");
+        }
+    }
+    let addr: SocketAddr = format!("{}:{}", settings.server_host, settings.server_port)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("SERVER_HOST/SERVER_PORT do not form an address: {e}"))?;
+    let state = AppState::build(settings).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (SERVER_HOST/SERVER_PORT): {e}"))?;
+    tracing::info!(%addr, "plugind listening");
+    axum::serve(listener, crate::api::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("plugind stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
