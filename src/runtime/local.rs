@@ -318,12 +318,17 @@ impl PluginRuntime for LocalRuntime {
 
     async fn invoke(&self, request: SessionRequest) -> Result<SessionStream, RuntimeError> {
         // A call during a restart waits for the new process rather than failing.
-        self.wait_ready(self.shared.options.heartbeat_timeout)
-            .await?;
-        let writer = self
-            .shared
-            .writer()
-            .ok_or_else(|| RuntimeError::Unavailable("restarting".into()))?;
+        let deadline = Instant::now() + self.shared.options.heartbeat_timeout;
+        let writer = loop {
+            self.wait_ready(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            if let Some(writer) = self.shared.writer() {
+                break writer;
+            }
+            // Ready with no writer: the supervisor is handling an exit and is
+            // about to announce the restart.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let line = request_line(
             &request.header,
             &request.user_id,
@@ -392,6 +397,11 @@ async fn supervise(
         };
         let Some(permit) = permit else { break };
         let exit = run_child(&shared, &process, permit, &mut first).await;
+        if !shared.cancel.is_cancelled() && first.is_none() {
+            // Announced before the writer goes, so callers wait for the new
+            // process instead of picking up the dead one's writer.
+            shared.state.send_replace(RuntimeState::Restarting);
+        }
         shared.set_writer(None);
         shared.set_pid(None);
         shared.sessions.fail_all(|| RuntimeError::ConnectionClosed);
@@ -415,7 +425,6 @@ async fn supervise(
             "plugin process ended ({}); restarting",
             exit.reason
         );
-        shared.state.send_replace(RuntimeState::Restarting);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shared.cancel.cancelled() => break,

@@ -187,22 +187,26 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Finds `python{major.minor}` for the manifest's runner version: first on
-/// the search path, then under pyenv (newest patch release first).
-pub fn find_interpreter(cfg: &PythonEnvConfig, runner_version: Option<&str>) -> Option<PathBuf> {
-    let mm = major_minor(runner_version?)?;
+/// Lists `python{major.minor}` candidates for the manifest's runner version:
+/// first those on the search path, then pyenv installs (newest patch first).
+pub fn interpreter_candidates(cfg: &PythonEnvConfig, runner_version: Option<&str>) -> Vec<PathBuf> {
+    let Some(mm) = runner_version.and_then(major_minor) else {
+        return vec![];
+    };
     let name = format!("python{mm}");
-    if let Some(found) = cfg
+    let mut found: Vec<PathBuf> = cfg
         .search_path
         .iter()
         .map(|dir| dir.join(&name))
-        .find(|p| is_executable(p))
-    {
-        return Some(found);
-    }
-    let versions = cfg.pyenv_root.as_ref()?.join("versions");
-    let mut candidates: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(versions)
-        .ok()?
+        .filter(|p| is_executable(p))
+        .collect();
+    let Some(versions) = cfg.pyenv_root.as_ref().map(|r| r.join("versions")) else {
+        return found;
+    };
+    let Ok(entries) = std::fs::read_dir(versions) else {
+        return found;
+    };
+    let mut pyenv: Vec<(Vec<u32>, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let dir = e.file_name().to_string_lossy().into_owned();
@@ -215,33 +219,53 @@ pub fn find_interpreter(cfg: &PythonEnvConfig, runner_version: Option<&str>) -> 
             is_executable(&python).then_some((key, python))
         })
         .collect();
-    candidates.sort();
-    candidates.pop().map(|(_, p)| p)
+    pyenv.sort();
+    found.extend(pyenv.into_iter().rev().map(|(_, p)| p));
+    found
 }
 
-/// How uv is run: a binary, or `python -m uv`.
+/// The first candidate that really runs and reports the wanted version (a
+/// pyenv shim on PATH may exist yet refuse to run).
+pub async fn find_interpreter(
+    cfg: &PythonEnvConfig,
+    runner_version: Option<&str>,
+) -> Option<PathBuf> {
+    let mm = runner_version.and_then(major_minor)?;
+    for candidate in interpreter_candidates(cfg, runner_version) {
+        let probe = Command::new(&candidate)
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(10), probe).await {
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == mm {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// The uv binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UvCommand {
     program: PathBuf,
-    prefix: Vec<OsString>,
 }
 
 impl UvCommand {
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.prefix);
-        cmd
+        Command::new(&self.program)
     }
 }
 
-/// Finds uv: UV_PATH, else `uv` on the search path, else `python -m uv`
-/// with PYTHON_INTERPRETER_PATH (or `python3`), checked by running it.
+/// Finds uv: UV_PATH, else `uv` on the search path, else the binary of the
+/// `uv` Python package installed for PYTHON_INTERPRETER_PATH (or `python3`).
 pub async fn find_uv(cfg: &PythonEnvConfig) -> Result<UvCommand, EnvError> {
     if let Some(path) = &cfg.uv_path {
         if is_executable(path) {
             return Ok(UvCommand {
                 program: path.clone(),
-                prefix: vec![],
             });
         }
         return Err(EnvError::UvNotFound(format!(
@@ -255,36 +279,33 @@ pub async fn find_uv(cfg: &PythonEnvConfig) -> Result<UvCommand, EnvError> {
         .map(|d| d.join("uv"))
         .find(|p| is_executable(p))
     {
-        return Ok(UvCommand {
-            program: found,
-            prefix: vec![],
-        });
+        return Ok(UvCommand { program: found });
     }
     let python = cfg
         .python_interpreter_path
         .clone()
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let candidate = UvCommand {
-        program: python.clone(),
-        prefix: vec!["-m".into(), "uv".into()],
-    };
-    let probe = candidate
-        .command()
-        .arg("--version")
+    // Ask the uv package where its binary is and run that directly: started
+    // as `python -m uv`, uv would install into that interpreter rather than
+    // into the plugin's environment.
+    let probe = Command::new(&python)
+        .args(["-c", "from uv import find_uv_bin; print(find_uv_bin())"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
-        .status()
+        .output()
         .await;
-    match probe {
-        Ok(status) if status.success() => Ok(candidate),
-        _ => Err(EnvError::UvNotFound(format!(
-            "set UV_PATH, put uv on PATH, or install it for {} (`{} -m pip install uv`)",
-            python.display(),
-            python.display()
-        ))),
+    if let Ok(out) = probe {
+        let found = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && is_executable(&found) {
+            return Ok(UvCommand { program: found });
+        }
     }
+    Err(EnvError::UvNotFound(format!(
+        "set UV_PATH, put uv on PATH, or install it for {} (`{} -m pip install uv`)",
+        python.display(),
+        python.display()
+    )))
 }
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EnvError + 'a {
@@ -340,7 +361,7 @@ pub async fn ensure_env(
         .await
         .map_err(io_err("create uv cache", &cfg.uv_cache_dir))?;
 
-    let interpreter: OsString = match find_interpreter(cfg, runner_version) {
+    let interpreter: OsString = match find_interpreter(cfg, runner_version).await {
         Some(found) => found.into(),
         None => match (
             &cfg.python_interpreter_path,
@@ -446,7 +467,10 @@ fn install_command(cfg: &PythonEnvConfig, uv: &UvCommand, dir: &Path, dep: Depen
     let mut cmd = uv.command();
     match dep {
         Dependency::Requirements => {
-            cmd.args(["pip", "install", "-r"])
+            // The target is explicit so no other interpreter can be picked.
+            cmd.args(["pip", "install", "--python"])
+                .arg(dir.join(VENV_DIR).join("bin").join("python"))
+                .arg("-r")
                 .arg(dir.join("requirements.txt"));
         }
         Dependency::Pyproject { locked } => {
@@ -486,6 +510,7 @@ async fn run_step(
         .env("UV_CACHE_DIR", &cfg.uv_cache_dir)
         .env("UV_NO_PROGRESS", "1")
         .env_remove("PYTHONHOME")
+        .env_remove("UV_INTERNAL__PARENT_INTERPRETER")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -595,26 +620,55 @@ mod tests {
     }
 
     #[test]
-    fn interpreter_comes_from_path_before_pyenv() {
+    fn interpreter_candidates_come_from_path_then_pyenv() {
         let tmp = tempfile::tempdir().unwrap();
         let bin = tmp.path().join("bin");
         let pyenv = tmp.path().join("pyenv");
         fake_exe(&pyenv.join("versions/3.11.2/bin/python3.11"));
         fake_exe(&pyenv.join("versions/3.11.10/bin/python3.11"));
         fake_exe(&pyenv.join("versions/3.110.0/bin/python3.110"));
+        fake_exe(&bin.join("python3.11"));
         fake_exe(&bin.join("python3.13"));
         let cfg = cfg_with(vec![bin.clone()], Some(pyenv.clone()));
         assert_eq!(
-            find_interpreter(&cfg, Some("3.13")),
-            Some(bin.join("python3.13"))
+            interpreter_candidates(&cfg, Some("3.13")),
+            [bin.join("python3.13")]
         );
-        // Newest patch release wins, compared numerically.
+        // PATH first, then pyenv's newest patch release, compared numerically.
         assert_eq!(
-            find_interpreter(&cfg, Some("3.11")),
-            Some(pyenv.join("versions/3.11.10/bin/python3.11"))
+            interpreter_candidates(&cfg, Some("3.11.4")),
+            [
+                bin.join("python3.11"),
+                pyenv.join("versions/3.11.10/bin/python3.11"),
+                pyenv.join("versions/3.11.2/bin/python3.11"),
+            ]
         );
-        assert_eq!(find_interpreter(&cfg, Some("3.9")), None);
-        assert_eq!(find_interpreter(&cfg, None), None);
+        assert!(interpreter_candidates(&cfg, Some("3.9")).is_empty());
+        assert!(interpreter_candidates(&cfg, None).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_interpreter_that_does_not_run_is_skipped() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let broken = tmp.path().join("broken");
+        let working = tmp.path().join("working");
+        // A shim that exists but fails, like an inactive pyenv shim.
+        fake_exe(&broken.join("python3.12"));
+        std::fs::write(broken.join("python3.12"), "#!/bin/sh\nexit 127\n").unwrap();
+        std::fs::create_dir_all(&working).unwrap();
+        std::fs::write(working.join("python3.12"), "#!/bin/sh\necho 3.12\n").unwrap();
+        std::fs::set_permissions(
+            working.join("python3.12"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let cfg = cfg_with(vec![broken, working.clone()], None);
+        assert_eq!(
+            find_interpreter(&cfg, Some("3.12")).await,
+            Some(working.join("python3.12"))
+        );
+        assert_eq!(find_interpreter(&cfg, Some("3.11")).await, None);
     }
 
     #[test]
@@ -655,7 +709,6 @@ mod tests {
         cfg.pip_extra_args = vec!["--frozen".into(), "--no-build-isolation".into()];
         let uv = UvCommand {
             program: "uv".into(),
-            prefix: vec![],
         };
         let args = |c: Command| {
             c.as_std()
@@ -691,6 +744,8 @@ mod tests {
             [
                 "pip",
                 "install",
+                "--python",
+                "/p/.venv/bin/python",
                 "-r",
                 "/p/requirements.txt",
                 "-i",
