@@ -491,3 +491,47 @@ async fn dropping_the_last_handle_kills_the_process() {
     }
     assert!(!alive(pid), "child outlived its last handle");
 }
+
+#[tokio::test]
+async fn backwards_calls_are_answered_on_the_same_session() {
+    let rt = launch().await;
+    let mut stream = rt
+        .invoke(echo(json!({"text": "b", "repeat": 1, "store": "kept"})))
+        .await
+        .unwrap();
+    let mut saved: Option<String> = None;
+    let mut texts = vec![];
+    while let Some(item) = stream.next().await {
+        match item.unwrap() {
+            SessionItem::Chunk(chunk) => {
+                texts.push(chunk["message"]["text"].as_str().unwrap().to_owned())
+            }
+            SessionItem::Invoke(call) => {
+                assert_eq!(call.request.kind, "storage");
+                let req = &call.request.request;
+                match req["opt"].as_str().unwrap() {
+                    "set" => {
+                        saved = Some(req["value"].as_str().unwrap().to_owned());
+                        call.reply
+                            .respond("struct", json!({"data": "ok"}))
+                            .await
+                            .unwrap();
+                    }
+                    "get" => {
+                        let value = saved.clone().expect("get after set");
+                        call.reply
+                            .respond("struct", json!({"data": value}))
+                            .await
+                            .unwrap();
+                    }
+                    other => panic!("unexpected storage op {other}"),
+                }
+                call.reply.end().await.unwrap();
+            }
+        }
+    }
+    // The value travelled hex-encoded, as the SDK sends it.
+    assert_eq!(saved.as_deref(), Some("6b657074"));
+    assert_eq!(texts, ["stored:kept", "b#0"]);
+    rt.shutdown().await;
+}
