@@ -519,7 +519,13 @@ async fn run_child(
                             tracing::warn!(plugin = %id, "plugin error event: {err}");
                         }
                         Ok(PluginEvent::Session { session_id, message }) => {
-                            if !shared.sessions.route(&session_id, message).await {
+                            // A slow reader holds this task back (backpressure
+                            // on the plugin) but never past a stop request.
+                            let routed = tokio::select! {
+                                routed = shared.sessions.route(&session_id, message) => routed,
+                                _ = shared.cancel.cancelled() => break "stopped".to_owned(),
+                            };
+                            if !routed {
                                 tracing::debug!(plugin = %id, %session_id, "message for a closed session dropped");
                             }
                         }
