@@ -292,6 +292,58 @@ pub struct Settings {
     )]
     pub plugin_max_execution_timeout: u64,
 
+    /// Python used for plugins whose manifest asks for a version not found on this machine,
+    /// and to run `python -m uv` when uv is not otherwise found. Unset: `python3` on PATH.
+    #[arg(
+        long,
+        env = "PYTHON_INTERPRETER_PATH",
+        value_name = "PYTHON_INTERPRETER_PATH"
+    )]
+    pub python_interpreter_path: Option<PathBuf>,
+
+    /// The uv binary that builds plugin environments. Unset: `uv` on PATH, else `python -m uv`.
+    #[arg(long, env = "UV_PATH", value_name = "UV_PATH")]
+    pub uv_path: Option<PathBuf>,
+
+    /// Package index URL passed to uv (`-i`) when installing plugin dependencies.
+    #[arg(long, env = "PIP_MIRROR_URL", value_name = "PIP_MIRROR_URL")]
+    pub pip_mirror_url: Option<String>,
+
+    /// Extra arguments (split on whitespace) appended to every uv install command.
+    #[arg(long, env = "PIP_EXTRA_ARGS", value_name = "PIP_EXTRA_ARGS")]
+    pub pip_extra_args: Option<String>,
+
+    /// uv's download cache, shared by all plugins. Unset: <PLUGIN_WORKING_PATH>/.uv-cache.
+    #[arg(long, env = "UV_CACHE_DIR", value_name = "UV_CACHE_DIR")]
+    pub uv_cache_dir: Option<PathBuf>,
+
+    /// Seconds an environment build may go without any output from uv before it is killed.
+    #[arg(
+        long,
+        env = "PYTHON_ENV_INIT_TIMEOUT",
+        value_name = "PYTHON_ENV_INIT_TIMEOUT",
+        default_value_t = 120
+    )]
+    pub python_env_init_timeout: u64,
+
+    /// How many local plugins may build their environment and start at the same time.
+    #[arg(
+        long,
+        env = "PLUGIN_LOCAL_LAUNCHING_CONCURRENT",
+        value_name = "PLUGIN_LOCAL_LAUNCHING_CONCURRENT",
+        default_value_t = 2
+    )]
+    pub plugin_local_launching_concurrent: usize,
+
+    /// Longest line, in bytes, a plugin may write to the daemon; longer lines are dropped.
+    #[arg(
+        long,
+        env = "PLUGIN_RUNTIME_MAX_BUFFER_SIZE",
+        value_name = "PLUGIN_RUNTIME_MAX_BUFFER_SIZE",
+        default_value_t = 5_242_880
+    )]
+    pub plugin_runtime_max_buffer_size: usize,
+
     /// Log level: TRACE, DEBUG, INFO, WARN or ERROR (or a tracing filter such as plugind=debug).
     #[arg(
         long,
@@ -374,6 +426,13 @@ impl Settings {
             .unwrap_or_else(|| self.plugin_storage_local_root.join("cwd"))
     }
 
+    /// uv's shared download cache.
+    pub fn uv_cache_path(&self) -> PathBuf {
+        self.uv_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.working_path().join(".uv-cache"))
+    }
+
     /// Checks what clap cannot: relations between settings and files that
     /// must exist. The message names the variable at fault.
     pub fn validate(&self) -> Result<(), String> {
@@ -391,6 +450,12 @@ impl Settings {
         }
         if self.plugin_max_execution_timeout == 0 {
             return Err("PLUGIN_MAX_EXECUTION_TIMEOUT must be greater than 0".into());
+        }
+        if self.plugin_local_launching_concurrent == 0 {
+            return Err("PLUGIN_LOCAL_LAUNCHING_CONCURRENT must be greater than 0".into());
+        }
+        if self.plugin_runtime_max_buffer_size < 1024 {
+            return Err("PLUGIN_RUNTIME_MAX_BUFFER_SIZE must be at least 1024".into());
         }
         if self.third_party_signature_verification_enabled {
             for path in &self.third_party_signature_verification_public_keys {

@@ -1,0 +1,610 @@
+//! The local host: each plugin runs as `python -m <entrypoint>` in its own
+//! uv environment and speaks the line protocol over stdin/stdout
+//! (reference: `internal/core/local_runtime/`).
+//!
+//! One supervisor task owns the child process: it reads stdout and stderr,
+//! writes queued lines to stdin, watches liveness, and restarts the child
+//! with backoff when it dies. Callers hold a cheap [`LocalRuntime`] handle.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::codec::LineCodec;
+use super::protocol::{request_line, PluginEvent};
+use super::python_env::{self, ProgressFn, PythonEnvConfig};
+use super::session::{LineSender, SessionStream, SessionTable};
+use super::{PluginRuntime, RuntimeError, RuntimeState, SessionRequest};
+use crate::settings::Settings;
+
+/// How many lines may wait for the child's stdin.
+const WRITE_QUEUE: usize = 64;
+/// How many stderr lines a launch failure quotes.
+const STDERR_TAIL: usize = 20;
+/// How often liveness is checked.
+const LIVENESS_TICK: Duration = Duration::from_millis(500);
+/// A child that ran this long before dying resets the restart backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Timings and limits of the local host.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Longest wait for the first heartbeat, and longest silence after it
+    /// (reference: 120 s).
+    pub heartbeat_timeout: Duration,
+    /// PLUGIN_MAX_EXECUTION_TIMEOUT: default time limit of a session.
+    pub max_execution_timeout: Duration,
+    /// PLUGIN_RUNTIME_MAX_BUFFER_SIZE: longest line read from the plugin.
+    pub max_line: usize,
+    /// First restart delay; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+    /// How long `shutdown` lets open sessions finish before killing.
+    pub stop_grace: Duration,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(120),
+            max_execution_timeout: Duration::from_secs(600),
+            max_line: super::codec::DEFAULT_MAX_LINE,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LocalOptions {
+    /// From the daemon settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            max_execution_timeout: Duration::from_secs(settings.plugin_max_execution_timeout),
+            max_line: settings.plugin_runtime_max_buffer_size,
+            ..Self::default()
+        }
+    }
+}
+
+/// What a plugin needs to be launched, independent of how it was packaged.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The plugin unique identifier, used in logs and as the runtime identity.
+    pub identity: String,
+    /// The unpacked plugin folder (it will hold `.venv`).
+    pub working_dir: PathBuf,
+    /// `meta.runner.entrypoint`, run as `python -m <entrypoint>`.
+    pub entrypoint: String,
+    /// `meta.runner.version`, used to pick the interpreter.
+    pub runner_version: Option<String>,
+    /// Extra environment variables for the plugin process.
+    pub env: Vec<(String, String)>,
+}
+
+/// Exactly which process to run; what [`LocalHost::launch`] derives from a
+/// [`LaunchSpec`] once the environment is ready.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub identity: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub working_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// Builds environments and starts local plugins, at most
+/// PLUGIN_LOCAL_LAUNCHING_CONCURRENT at a time.
+#[derive(Debug, Clone)]
+pub struct LocalHost {
+    env: Arc<PythonEnvConfig>,
+    options: LocalOptions,
+    permits: Arc<Semaphore>,
+}
+
+impl LocalHost {
+    /// A host with explicit configuration.
+    pub fn new(env: PythonEnvConfig, options: LocalOptions, concurrent_launches: usize) -> Self {
+        Self {
+            env: Arc::new(env),
+            options,
+            permits: Arc::new(Semaphore::new(concurrent_launches.max(1))),
+        }
+    }
+
+    /// A host configured from the daemon settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        if std::process::id() == 1 {
+            // The SDK exits as soon as its parent is PID 1 (it takes that to
+            // mean it was orphaned), so plugins cannot run under a PID-1 daemon.
+            tracing::error!(
+                "plugind runs as PID 1: local plugins will exit at once; run it under an init such as tini"
+            );
+        }
+        Self::new(
+            PythonEnvConfig::from_settings(settings),
+            LocalOptions::from_settings(settings),
+            settings.plugin_local_launching_concurrent,
+        )
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &LocalOptions {
+        &self.options
+    }
+
+    /// Builds (or reuses) the plugin's environment, starts it, and returns
+    /// once it sent its first heartbeat.
+    pub async fn launch(
+        &self,
+        spec: LaunchSpec,
+        progress: ProgressFn,
+    ) -> Result<LocalRuntime, RuntimeError> {
+        let env = {
+            let _permit = acquire(&self.permits).await?;
+            python_env::ensure_env(
+                &self.env,
+                &spec.working_dir,
+                spec.runner_version.as_deref(),
+                progress,
+            )
+            .await?
+        };
+        let process = ProcessSpec {
+            identity: spec.identity,
+            program: env.python,
+            args: vec!["-m".into(), spec.entrypoint],
+            working_dir: std::fs::canonicalize(&spec.working_dir)?,
+            env: spec.env,
+        };
+        self.start(process).await
+    }
+
+    /// Starts an exact process and returns once it sent its first heartbeat.
+    pub async fn start(&self, process: ProcessSpec) -> Result<LocalRuntime, RuntimeError> {
+        LocalRuntime::start(process, self.options.clone(), Arc::clone(&self.permits)).await
+    }
+}
+
+async fn acquire(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, RuntimeError> {
+    Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| RuntimeError::Unavailable("launcher closed".into()))
+}
+
+/// Shared between the handle and the supervisor task.
+struct Shared {
+    identity: String,
+    options: LocalOptions,
+    sessions: Arc<SessionTable>,
+    state: watch::Sender<RuntimeState>,
+    /// The current child's stdin queue; `None` while no child is ready.
+    writer: Mutex<Option<LineSender>>,
+    pid: Mutex<Option<u32>>,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn set_writer(&self, writer: Option<LineSender>) {
+        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = writer;
+    }
+    fn writer(&self) -> Option<LineSender> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    fn set_pid(&self, pid: Option<u32>) {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    }
+}
+
+/// A handle to a local plugin. Clones share the same process; the process
+/// ends when [`PluginRuntime::shutdown`] is called or the last handle drops.
+#[derive(Clone)]
+pub struct LocalRuntime {
+    shared: Arc<Shared>,
+    // Cancels the supervisor when the last handle goes away.
+    _guard: Arc<tokio_util::sync::DropGuard>,
+}
+
+impl std::fmt::Debug for LocalRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRuntime")
+            .field("identity", &self.shared.identity)
+            .field("state", &*self.shared.state.borrow())
+            .finish()
+    }
+}
+
+impl LocalRuntime {
+    /// Spawns the supervisor and waits for the first heartbeat.
+    pub async fn start(
+        process: ProcessSpec,
+        options: LocalOptions,
+        permits: Arc<Semaphore>,
+    ) -> Result<Self, RuntimeError> {
+        let cancel = CancellationToken::new();
+        let (state, _) = watch::channel(RuntimeState::Starting);
+        let shared = Arc::new(Shared {
+            identity: process.identity.clone(),
+            options,
+            sessions: SessionTable::new(),
+            state,
+            writer: Mutex::new(None),
+            pid: Mutex::new(None),
+            cancel: cancel.clone(),
+        });
+        let (first_tx, first_rx) = oneshot::channel();
+        tokio::spawn(supervise(Arc::clone(&shared), process, permits, first_tx));
+        let handle = Self {
+            shared,
+            _guard: Arc::new(cancel.drop_guard()),
+        };
+        match first_rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RuntimeError::Launch("supervisor ended".into())),
+        }
+    }
+
+    /// The current child's process id, while one runs.
+    pub fn pid(&self) -> Option<u32> {
+        *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many sessions are open.
+    pub fn open_sessions(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// Watches state changes.
+    pub fn subscribe(&self) -> watch::Receiver<RuntimeState> {
+        self.shared.state.subscribe()
+    }
+}
+
+#[async_trait::async_trait]
+impl PluginRuntime for LocalRuntime {
+    fn identity(&self) -> &str {
+        &self.shared.identity
+    }
+
+    fn state(&self) -> RuntimeState {
+        self.shared.state.borrow().clone()
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<(), RuntimeError> {
+        let mut rx = self.shared.state.subscribe();
+        let wait = rx.wait_for(|s| {
+            matches!(
+                s,
+                RuntimeState::Ready
+                    | RuntimeState::Stopping
+                    | RuntimeState::Stopped
+                    | RuntimeState::Failed(_)
+            )
+        });
+        let state = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(state)) => state.clone(),
+            Ok(Err(_)) => RuntimeState::Stopped,
+            Err(_) => {
+                return Err(RuntimeError::Unavailable(format!(
+                    "not ready after {} s",
+                    timeout.as_secs()
+                )))
+            }
+        };
+        match state {
+            RuntimeState::Ready => Ok(()),
+            RuntimeState::Failed(why) => Err(RuntimeError::Unavailable(why)),
+            other => Err(RuntimeError::Unavailable(
+                format!("{other:?}").to_lowercase(),
+            )),
+        }
+    }
+
+    async fn invoke(&self, request: SessionRequest) -> Result<SessionStream, RuntimeError> {
+        // A call during a restart waits for the new process rather than failing.
+        let deadline = Instant::now() + self.shared.options.heartbeat_timeout;
+        let writer = loop {
+            self.wait_ready(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            if let Some(writer) = self.shared.writer() {
+                break writer;
+            }
+            // Ready with no writer: the supervisor is handling an exit and is
+            // about to announce the restart.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let line = request_line(
+            &request.header,
+            &request.user_id,
+            &request.access_type,
+            &request.action,
+            &request.payload,
+        );
+        let timeout = request
+            .timeout
+            .unwrap_or(self.shared.options.max_execution_timeout);
+        let stream = self
+            .shared
+            .sessions
+            .open(request.header, writer.clone(), timeout)?;
+        writer
+            .send(line)
+            .await
+            .map_err(|_| RuntimeError::ConnectionClosed)?;
+        Ok(stream)
+    }
+
+    async fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.state.send_if_modified(|s| {
+            if matches!(s, RuntimeState::Stopped | RuntimeState::Failed(_)) {
+                false
+            } else {
+                *s = RuntimeState::Stopping;
+                true
+            }
+        });
+        // The SDK ignores stdin EOF, so there is no way to ask it to exit;
+        // let open sessions finish, then the supervisor kills the child.
+        let deadline = Instant::now() + shared.options.stop_grace;
+        while !shared.sessions.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shared.cancel.cancel();
+        let mut rx = shared.state.subscribe();
+        let _ = rx
+            .wait_for(|s| matches!(s, RuntimeState::Stopped | RuntimeState::Failed(_)))
+            .await;
+    }
+}
+
+/// How one child's life ended.
+struct Exit {
+    was_ready: bool,
+    ran_for: Duration,
+    reason: String,
+}
+
+/// Owns successive children of one plugin until cancelled.
+async fn supervise(
+    shared: Arc<Shared>,
+    process: ProcessSpec,
+    permits: Arc<Semaphore>,
+    first: oneshot::Sender<Result<(), RuntimeError>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = shared.options.backoff_initial;
+    loop {
+        let permit = tokio::select! {
+            p = acquire(&permits) => p.ok(),
+            _ = shared.cancel.cancelled() => None,
+        };
+        let Some(permit) = permit else { break };
+        let exit = run_child(&shared, &process, permit, &mut first).await;
+        if !shared.cancel.is_cancelled() && first.is_none() {
+            // Announced before the writer goes, so callers wait for the new
+            // process instead of picking up the dead one's writer.
+            shared.state.send_replace(RuntimeState::Restarting);
+        }
+        shared.set_writer(None);
+        shared.set_pid(None);
+        shared.sessions.fail_all(|| RuntimeError::ConnectionClosed);
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        if let Some(first) = first.take() {
+            tracing::error!(plugin = %shared.identity, "launch failed: {}", exit.reason);
+            shared
+                .state
+                .send_replace(RuntimeState::Failed(exit.reason.clone()));
+            let _ = first.send(Err(RuntimeError::Launch(exit.reason)));
+            return;
+        }
+        if exit.was_ready && exit.ran_for >= HEALTHY_RUN {
+            backoff = shared.options.backoff_initial;
+        }
+        tracing::warn!(
+            plugin = %shared.identity,
+            delay_ms = backoff.as_millis() as u64,
+            "plugin process ended ({}); restarting",
+            exit.reason
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shared.cancel.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(shared.options.backoff_max);
+    }
+    if let Some(first) = first.take() {
+        let _ = first.send(Err(RuntimeError::Launch("stopped before ready".into())));
+    }
+    shared.state.send_replace(RuntimeState::Stopped);
+}
+
+fn spawn_child(process: &ProcessSpec) -> std::io::Result<Child> {
+    Command::new(&process.program)
+        .args(&process.args)
+        .current_dir(&process.working_dir)
+        .envs(process.env.iter().map(|(k, v)| (k, v)))
+        .env("INSTALL_METHOD", "local")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Runs one child until it dies, goes silent, or the runtime is cancelled.
+async fn run_child(
+    shared: &Arc<Shared>,
+    process: &ProcessSpec,
+    permit: OwnedSemaphorePermit,
+    first: &mut Option<oneshot::Sender<Result<(), RuntimeError>>>,
+) -> Exit {
+    let started = Instant::now();
+    let id = &shared.identity;
+    let mut child = match spawn_child(process) {
+        Ok(child) => child,
+        Err(e) => {
+            return Exit {
+                was_ready: false,
+                ran_for: Duration::ZERO,
+                reason: format!("cannot run {}: {e}", process.program.display()),
+            }
+        }
+    };
+    shared.set_pid(child.id());
+    let mut permit = Some(permit);
+    let max_line = shared.options.max_line;
+    let mut stdout = FramedRead::new(
+        child.stdout.take().expect("piped"),
+        LineCodec::new(max_line),
+    );
+    let mut stderr = FramedRead::new(
+        child.stderr.take().expect("piped"),
+        LineCodec::new(max_line),
+    );
+    let mut stdin = FramedWrite::new(child.stdin.take().expect("piped"), LineCodec::new(max_line));
+    let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
+    let mut stderr_open = true;
+    let mut ready = false;
+    let mut last_active = Instant::now();
+    let mut tick = tokio::time::interval(LIVENESS_TICK);
+    let silence_limit = shared.options.heartbeat_timeout;
+
+    let reason = loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break "stopped".to_owned(),
+            frame = stdout.next() => {
+                last_active = Instant::now();
+                match frame {
+                    None => break "stdout closed".to_owned(),
+                    Some(Err(e)) => break format!("reading stdout failed: {e}"),
+                    Some(Ok(Err(too_long))) => {
+                        tracing::warn!(plugin = %id, "plugin wrote a {too_long}");
+                    }
+                    Some(Ok(Ok(line))) => match PluginEvent::parse(&line) {
+                        Ok(PluginEvent::Heartbeat) if !ready => {
+                            ready = true;
+                            permit.take();
+                            shared.set_writer(Some(write_tx.clone()));
+                            shared.state.send_replace(RuntimeState::Ready);
+                            tracing::info!(plugin = %id, pid = ?child.id(), "plugin ready");
+                            if let Some(first) = first.take() {
+                                let _ = first.send(Ok(()));
+                            }
+                        }
+                        Ok(PluginEvent::Heartbeat) | Ok(PluginEvent::Other) => {}
+                        Ok(PluginEvent::Log(log)) => {
+                            tracing::info!(plugin = %id, level = %log.level, "{}", log.message);
+                        }
+                        Ok(PluginEvent::Error(err)) => {
+                            tracing::warn!(plugin = %id, "plugin error event: {err}");
+                        }
+                        Ok(PluginEvent::Session { session_id, message }) => {
+                            // A slow reader holds this task back (backpressure
+                            // on the plugin) but never past a stop request.
+                            let routed = tokio::select! {
+                                routed = shared.sessions.route(&session_id, message) => routed,
+                                _ = shared.cancel.cancelled() => break "stopped".to_owned(),
+                            };
+                            if !routed {
+                                tracing::debug!(plugin = %id, %session_id, "message for a closed session dropped");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(plugin = %id, "unexpected plugin output ({e}): {}", preview(&line));
+                        }
+                    },
+                }
+            }
+            line = stderr.next(), if stderr_open => match line {
+                None | Some(Err(_)) => stderr_open = false,
+                Some(Ok(line)) => {
+                    last_active = Instant::now();
+                    let text = match line {
+                        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                        Err(too_long) => format!("[{too_long}]"),
+                    };
+                    tracing::warn!(plugin = %id, "stderr: {text}");
+                    if stderr_tail.len() == STDERR_TAIL {
+                        stderr_tail.pop_front();
+                    }
+                    stderr_tail.push_back(text);
+                }
+            },
+            Some(line) = write_rx.recv() => {
+                if let Err(e) = stdin.send(line).await {
+                    break format!("writing stdin failed: {e}");
+                }
+            }
+            _ = tick.tick() => {
+                if !ready && started.elapsed() >= silence_limit {
+                    break format!("no heartbeat within {} s", silence_limit.as_secs());
+                }
+                if ready && last_active.elapsed() >= silence_limit {
+                    break format!("no output for {} s", silence_limit.as_secs());
+                }
+            }
+        }
+    };
+
+    // The child is killed explicitly: the SDK does not exit on stdin EOF.
+    drop(stdin);
+    let _ = child.start_kill();
+    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(status)) => status.to_string(),
+        Ok(Err(e)) => format!("wait failed: {e}"),
+        Err(_) => "did not exit after kill".to_owned(),
+    };
+    // Reading the rest of stderr explains why a child died before its
+    // first heartbeat (an import error, a bad manifest…).
+    if !ready {
+        while let Ok(Some(Ok(Ok(line)))) =
+            tokio::time::timeout(Duration::from_millis(200), stderr.next()).await
+        {
+            if stderr_tail.len() == STDERR_TAIL {
+                stderr_tail.pop_front();
+            }
+            stderr_tail.push_back(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+    let mut reason = format!("{reason}; process {status}");
+    if !ready && !stderr_tail.is_empty() {
+        reason.push_str("; last stderr lines:\n");
+        reason.push_str(&Vec::from(stderr_tail).join("\n"));
+    }
+    Exit {
+        was_ready: ready,
+        ran_for: started.elapsed(),
+        reason,
+    }
+}
+
+/// The start of an unexpected line, for the log.
+fn preview(line: &[u8]) -> String {
+    const MAX: usize = 512;
+    let text = String::from_utf8_lossy(&line[..line.len().min(MAX)]);
+    if line.len() > MAX {
+        format!("{text}… ({} bytes)", line.len())
+    } else {
+        text.into_owned()
+    }
+}
