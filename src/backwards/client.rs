@@ -204,13 +204,19 @@ impl InnerApiClient {
         let response = self.post(path, body).await?;
         let status = response.status();
         let bytes = response.bytes().await?;
-        match serde_json::from_slice::<Reply>(&bytes) {
-            Ok(reply) => reply.into_data(),
-            Err(_) if !status.is_success() => Err(InnerApiError::Status {
+        let reply = serde_json::from_slice::<Reply>(&bytes);
+        let has_error = |r: &Reply| r.error.as_deref().is_some_and(|e| !e.is_empty());
+        match reply {
+            // Dify reports failures in `error` with status 200; keep that
+            // text whatever the status.
+            Ok(reply) if status.is_success() || has_error(&reply) => reply.into_data(),
+            Err(e) if status.is_success() => Err(InnerApiError::Decode(e.to_string())),
+            // A bare 4xx/5xx (wrong key → 404, crash → 500): the status says more
+            // than an empty `data` would.
+            _ => Err(InnerApiError::Status {
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&bytes).into_owned(),
             }),
-            Err(e) => Err(InnerApiError::Decode(e.to_string())),
         }
     }
 
