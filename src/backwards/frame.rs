@@ -199,16 +199,22 @@ impl InnerStreamDecoder {
         Self::Undecided(max)
     }
 
-    fn settle(&mut self, src: &BytesMut) {
+    /// Chooses the format from the first byte. Lines start as JSON text
+    /// does (`{`, `data:`, `event:`, blank); any other byte is a frame with
+    /// a wrong magic number, refused as the reference refuses it.
+    fn settle(&mut self, src: &BytesMut) -> Result<(), FrameError> {
         if let Self::Undecided(max) = *self {
             if let Some(first) = src.first() {
-                *self = if *first == FRAME_MAGIC {
-                    Self::Frames(LengthPrefixedDecoder::new(max))
-                } else {
-                    Self::Lines(LineDecoder::new(max))
+                *self = match *first {
+                    FRAME_MAGIC => Self::Frames(LengthPrefixedDecoder::new(max)),
+                    b'{' | b'd' | b'e' | b'\n' | b'\r' | b' ' | b'\t' => {
+                        Self::Lines(LineDecoder::new(max))
+                    }
+                    other => return Err(FrameError::BadMagic(other)),
                 };
             }
         }
+        Ok(())
     }
 }
 
@@ -217,7 +223,7 @@ impl Decoder for InnerStreamDecoder {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        self.settle(src);
+        self.settle(src)?;
         match self {
             Self::Undecided(_) => Ok(None),
             Self::Frames(d) => d.decode(src),
@@ -226,7 +232,7 @@ impl Decoder for InnerStreamDecoder {
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        self.settle(src);
+        self.settle(src)?;
         match self {
             Self::Undecided(_) => Ok(None),
             Self::Frames(d) => d.decode_eof(src),
@@ -375,9 +381,17 @@ mod tests {
             vec![Bytes::from_static(b"one")]
         );
         assert_eq!(
-            decode_all(InnerStreamDecoder::new(64), &[b"x\ny\n"]).unwrap(),
-            vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")]
+            decode_all(InnerStreamDecoder::new(64), &[b"{}\ndata: {}\n"]).unwrap(),
+            vec![Bytes::from_static(b"{}"), Bytes::from_static(b"data: {}")]
         );
+    }
+
+    #[test]
+    fn inner_decoder_refuses_a_body_that_is_neither_format() {
+        let mut body = encode_frame(b"{}");
+        body[0] = 0x0e;
+        let err = decode_all(InnerStreamDecoder::new(64), &[&body]).unwrap_err();
+        assert!(matches!(err, FrameError::BadMagic(0x0e)), "{err}");
     }
 
     #[tokio::test]
