@@ -361,6 +361,35 @@ mod tests {
         assert!(request.needs_dify());
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn timeouts_come_from_settings_with_reference_defaults() {
+        use clap::Parser;
+        let base = [
+            "plugind",
+            "--server-key",
+            "k",
+            "--dify-inner-api-url",
+            "http://dify",
+            "--dify-inner-api-key",
+            "i",
+        ];
+        let config = InnerApiConfig::from_settings(&Cli::try_parse_from(base).unwrap().settings);
+        assert_eq!(config.write_timeout, Duration::from_millis(5000));
+        assert_eq!(config.read_timeout, Duration::from_millis(240_000));
+        assert_eq!(config.api_key.expose(), "i");
+
+        let mut args = base.to_vec();
+        args.extend(["--dify-backwards-invocation-read-timeout", "1500"]);
+        let config = InnerApiConfig::from_settings(&Cli::try_parse_from(args).unwrap().settings);
+        assert_eq!(config.read_timeout, Duration::from_millis(1500));
+    }
+
     #[test]
     fn url_joins_without_double_slashes() {
         let client = InnerApiClient::new(InnerApiConfig {

@@ -379,6 +379,11 @@ impl Events<'_> {
 /// Serves one backwards call: sends its `response` events (each streamed
 /// chunk as soon as Dify sends it) or an `error` event on `out`, then `end`.
 /// Returns early, without `end`, only when `out` is closed.
+///
+/// It runs as long as the call does (an app run can take minutes): spawn it
+/// on its own task so the plugin's other sessions keep flowing. Each event
+/// goes to the plugin wrapped in the session envelope, as
+/// `{"session_id",…,"event":"backwards_response","data":<event>}`.
 pub async fn handle(
     ctx: &BackwardsContext,
     req: BackwardsRequest,
