@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app_state;
+pub mod backwards;
 pub mod error;
 pub mod install;
 pub mod package;

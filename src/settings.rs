@@ -118,6 +118,24 @@ pub struct Settings {
     )]
     pub dify_inner_api_key: Secret,
 
+    /// Longest wait, in milliseconds, to connect to Dify's inner API for a backwards invocation.
+    #[arg(
+        long,
+        env = "DIFY_BACKWARDS_INVOCATION_WRITE_TIMEOUT",
+        value_name = "DIFY_BACKWARDS_INVOCATION_WRITE_TIMEOUT",
+        default_value_t = 5000
+    )]
+    pub dify_backwards_invocation_write_timeout: u64,
+
+    /// Longest a backwards invocation to Dify's inner API may take, streamed reply included, in milliseconds.
+    #[arg(
+        long,
+        env = "DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT",
+        value_name = "DIFY_BACKWARDS_INVOCATION_READ_TIMEOUT",
+        default_value_t = 240000
+    )]
+    pub dify_backwards_invocation_read_timeout: u64,
+
     /// Where plugins run: local child processes or AWS Lambda.
     #[arg(
         long,
