@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::install::packages::{PackageSettings, Packages};
 use crate::install::{InstallStep, Installer, NoopInstallStep};
 use crate::package::{PackageError, SignatureKeys};
+use crate::runtime::Registry;
 use crate::settings::{DatabaseTarget, Platform, Settings};
 use crate::storage::{LocalStorage, Storage};
 use crate::store::{Store, StoreError};
@@ -37,6 +38,8 @@ pub struct AppState {
     pub keys: Arc<SignatureKeys>,
     pub packages: Arc<Packages>,
     pub installer: Arc<Installer>,
+    /// Running plugin runtimes, whatever their host.
+    pub registry: Arc<Registry>,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ impl AppState {
             keys,
             packages,
             installer,
+            registry: Arc::new(Registry::new()),
         })
     }
 }

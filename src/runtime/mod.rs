@@ -10,6 +10,7 @@ pub mod codec;
 pub mod local;
 pub mod protocol;
 pub mod python_env;
+pub mod registry;
 pub mod session;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use codec::{LineCodec, LineTooLong, DEFAULT_MAX_LINE};
 pub use local::{LaunchSpec, LocalHost, LocalOptions, LocalRuntime, ProcessSpec};
 pub use protocol::{BackwardsEvent, BackwardsRequest, PluginError, SessionHeader};
 pub use python_env::{EnvError, EnvPhase, EnvProgress, PythonEnv, PythonEnvConfig};
+pub use registry::Registry;
 pub use session::{
     BackwardsInvoke, BackwardsReplier, LineSender, SessionItem, SessionStream, SessionTable,
 };
