@@ -70,28 +70,34 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; assert 
   "$PY312" -m venv "$VENV"
 fi
 
-if [[ "$(cat "$STAMP_FILE" 2>/dev/null || true)" != "$WANT_STAMP" ]]; then
-  log "installing uv with pip"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip uv
-  log "installing ${REQUIREMENTS[*]}"
-  # uv resolves and installs far faster than pip on a 2-core machine.
-  VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" "${REQUIREMENTS[@]}"
-  printf '%s\n' "$WANT_STAMP" >"$STAMP_FILE"
-else
-  log "tools venv is up to date"
-fi
-
-# Fail here, not later in a test, when something is missing.
-"$VENV/bin/python" - <<'PY'
+# True when every tool is importable at a matching version.
+verify_tools() {
+  "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import sys
 
 need = {"dify_plugin": "0.10.", "httpx": "", "pytest": "", "moto": "", "mcp": "", "uv": ""}
 for name, prefix in need.items():
-    version = md.version(name)
+    try:
+        version = md.version(name)
+    except md.PackageNotFoundError:
+        sys.exit(f"setup-python: {name} is not installed")
     if not version.startswith(prefix):
         sys.exit(f"setup-python: {name} {version} does not match {prefix}x")
 PY
+}
+
+if [[ "$(cat "$STAMP_FILE" 2>/dev/null || true)" == "$WANT_STAMP" ]] && verify_tools 2>/dev/null; then
+  log "tools venv is up to date"
+else
+  log "installing uv with pip"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip uv
+  log "installing ${REQUIREMENTS[*]}"
+  # uv resolves and installs far faster than pip on a 2-core machine.
+  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" "${REQUIREMENTS[@]}"
+  verify_tools
+  printf '%s\n' "$WANT_STAMP" >"$STAMP_FILE"
+fi
 
 UV_PATH="$VENV/bin/uv"
 cat >"$ENV_FILE.tmp" <<ENV

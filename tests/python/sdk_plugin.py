@@ -57,7 +57,8 @@ class PluginProcess:
     def __init__(self, fixture: str, python: str | None = None, env: dict | None = None):
         self.fixture = FIXTURES / fixture
         child_env = dict(os.environ)
-        child_env.update({"INSTALL_METHOD": "local", "PYTHONUNBUFFERED": "1"})
+        # No bytecode in fixture folders: they are packaged as they are.
+        child_env.update({"INSTALL_METHOD": "local", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
         child_env.update(env or {})
         self.proc = subprocess.Popen(
             [python or sys.executable, "-m", "main"],
