@@ -62,6 +62,8 @@ say "cargo test --workspace"
 cargo test --workspace
 
 say "plugind serve"
+# Built on its own: `cargo test` may not build the binary (no integration test
+# needs it) or builds it with dev-dependency features.
 cargo build --bin plugind
 PLUGIND_BIN="$CARGO_TARGET_DIR/debug/plugind"
 PORT="$("$TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
