@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The project's one test command.
+#
+#  1. prepares the Python tools (scripts/setup-python.sh);
+#  2. starts PostgreSQL when scripts/postgres.sh exists and exports its URL as
+#     PLUGIND_TEST_POSTGRES_URL;
+#  3. runs `cargo test --workspace`;
+#  4. starts `plugind serve` on a free loopback port with a temporary storage
+#     root and runs the Python tests (pytest tests/python) against it.
+# Everything it starts is stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/plugind-test.XXXXXX")"
+DAEMON_PID=""
+POSTGRES_STARTED=""
+
+cleanup() {
+  local status=$?
+  if [[ -n "$DAEMON_PID" ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+    kill "$DAEMON_PID" 2>/dev/null || true
+    # Give it a moment to stop its plugin children, then insist.
+    for _ in $(seq 1 50); do
+      kill -0 "$DAEMON_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$DAEMON_PID" 2>/dev/null || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+  fi
+  if [[ -n "$POSTGRES_STARTED" ]]; then
+    scripts/postgres.sh stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say "Python tools"
+ENV_FILE="$(scripts/setup-python.sh --print-env-file)"
+# shellcheck source=/dev/null
+source "$ENV_FILE"
+# The reference daemon's names for the interpreter and uv used by local plugins.
+export PYTHON_INTERPRETER_PATH="${PYTHON_INTERPRETER_PATH:-$PYTHON312}"
+export UV_PATH
+
+if [[ -x scripts/postgres.sh ]]; then
+  say "PostgreSQL"
+  PLUGIND_TEST_POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
+  POSTGRES_STARTED=1
+  export PLUGIND_TEST_POSTGRES_URL
+  echo "PLUGIND_TEST_POSTGRES_URL is set"
+fi
+
+say "cargo test --workspace"
+cargo test --workspace
+
+say "plugind serve"
+# Built on its own: `cargo test` may not build the binary (no integration test
+# needs it) or builds it with dev-dependency features.
+cargo build --bin plugind
+PLUGIND_BIN="$CARGO_TARGET_DIR/debug/plugind"
+PORT="$("$TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+SERVER_KEY="test-key-$RANDOM$RANDOM"
+mkdir -p "$WORK/storage"
+(
+  # The daemon under test uses its embedded defaults, whatever the caller's shell has set.
+  unset DB_TYPE DB_HOST DATABASE_URL PLUGIN_STORAGE_TYPE
+  export SERVER_HOST=127.0.0.1 SERVER_PORT="$PORT" SERVER_KEY
+  # Nothing listens there: the tests make no backwards calls.
+  export DIFY_INNER_API_URL="http://127.0.0.1:9" DIFY_INNER_API_KEY="inner-test-key"
+  export PLUGIN_STORAGE_LOCAL_ROOT="$WORK/storage" PLATFORM=local
+  exec "$PLUGIND_BIN" serve
+) >"$WORK/plugind.log" 2>&1 &
+DAEMON_PID=$!
+
+URL="http://127.0.0.1:$PORT"
+healthy=""
+for _ in $(seq 1 300); do
+  if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+    break
+  fi
+  if "$TOOLS_PYTHON" -c 'import sys, httpx; sys.exit(0 if httpx.get(sys.argv[1], timeout=1).status_code == 200 else 1)' "$URL/health/check" 2>/dev/null; then
+    healthy=1
+    break
+  fi
+  sleep 0.2
+done
+if [[ -z "$healthy" ]]; then
+  echo "plugind serve did not answer $URL/health/check; its output:" >&2
+  cat "$WORK/plugind.log" >&2 || true
+  exit 1
+fi
+echo "plugind is serving at $URL"
+
+say "pytest tests/python"
+set +e
+PLUGIND_URL="$URL" PLUGIND_KEY="$SERVER_KEY" PLUGIND_BIN="$PLUGIND_BIN" \
+  "$TOOLS_PYTHON" -m pytest tests/python -q -p no:cacheprovider
+status=$?
+set -e
+if [[ $status -ne 0 ]]; then
+  if [[ $status -eq 5 ]]; then
+    echo "pytest collected no tests" >&2
+  fi
+  echo "--- plugind output (last 200 lines) ---" >&2
+  tail -n 200 "$WORK/plugind.log" >&2 || true
+  exit "$status"
+fi

@@ -1,0 +1,244 @@
+"""Contract tests: a running daemon answers management calls in shapes Dify accepts.
+
+Every response is parsed by `dify_client`, which applies Dify's own rules and
+models. Needs PLUGIND_URL (e.g. http://127.0.0.1:5002) and PLUGIND_KEY (its
+SERVER_KEY); skipped when PLUGIND_URL is unset. Packages are built with
+`$PLUGIND_BIN plugin package <dir> -o <file>`; without PLUGIND_BIN a plain zip
+of the fixture folder is uploaded instead (so the tests can also run against
+another daemon).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dify_client import (
+    DifyPluginClient,
+    PluginCategory,
+    PluginDaemonClientSideError,
+    PluginDaemonError,
+    PluginInstallTaskStatus,
+    PluginInvokeError,
+)
+from sdk_plugin import FIXTURES
+
+PLUGIND_URL = os.environ.get("PLUGIND_URL")
+PLUGIND_KEY = os.environ.get("PLUGIND_KEY", "")
+INSTALL_TIMEOUT = float(os.environ.get("PLUGIND_INSTALL_TIMEOUT", "600"))
+
+pytestmark = pytest.mark.skipif(not PLUGIND_URL, reason="PLUGIND_URL is not set: no daemon to test against")
+
+# Reference: pkg/entities/plugin_entities/identity.go (author/name:version@checksum).
+IDENTIFIER_RE = re.compile(r"^(?:([a-z0-9_-]{1,64})/)?([a-z0-9_-]{1,255}):([0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(?:-\w+)?)@([a-f0-9]{32,64})$")
+SKIP_PARTS = {"__pycache__", ".venv", ".pytest_cache"}
+
+
+def zip_fixture(src: Path, out: Path) -> None:
+    """A plain .difypkg: every file of the fixture, sorted, no directory entries."""
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            rel = path.relative_to(src)
+            if SKIP_PARTS & set(rel.parts) or path.suffix in {".pyc", ".difypkg"}:
+                continue
+            zf.write(path, rel.as_posix())
+
+
+def build_package(fixture: str, tmp: Path) -> bytes:
+    out = tmp / f"{fixture}.difypkg"
+    binary = os.environ.get("PLUGIND_BIN")
+    if binary:
+        subprocess.run([binary, "plugin", "package", str(FIXTURES / fixture), "-o", str(out)], check=True, timeout=120)
+    else:
+        zip_fixture(FIXTURES / fixture, out)
+    data = out.read_bytes()
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+    assert "manifest.yaml" in names and not any(n.endswith("/") for n in names)
+    return data
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = DifyPluginClient(PLUGIND_URL, PLUGIND_KEY)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def tenant() -> str:
+    return str(uuid.uuid4())
+
+
+def wait_installed(client: DifyPluginClient, tenant: str, task_id: str) -> None:
+    deadline = time.monotonic() + INSTALL_TIMEOUT
+    while True:
+        task = client.fetch_plugin_installation_task(tenant, task_id)
+        assert task.total_plugins >= 1 and len(task.plugins) == task.total_plugins
+        if task.status == PluginInstallTaskStatus.Success:
+            assert task.completed_plugins == task.total_plugins
+            assert all(p.status == PluginInstallTaskStatus.Success for p in task.plugins)
+            return
+        if task.status == PluginInstallTaskStatus.Failed:
+            pytest.fail(f"install task failed: {[p.message for p in task.plugins]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"install task still {task.status} after {INSTALL_TIMEOUT}s")
+        time.sleep(1)
+
+
+def install(client: DifyPluginClient, tenant: str, identifier: str) -> None:
+    started = client.install_from_identifiers(tenant, [identifier], source="package", metas=[{}])
+    if not started.all_installed:
+        assert started.task_id
+        wait_installed(client, tenant, started.task_id)
+
+
+@pytest.fixture(scope="module")
+def uploaded_tool(client, tenant, tmp_path_factory):
+    pkg = build_package("echo_tool", tmp_path_factory.mktemp("pkg"))
+    return client.upload_pkg(tenant, pkg, verify_signature=False)
+
+
+@pytest.fixture(scope="module")
+def installed_tool(client, tenant, uploaded_tool):
+    install(client, tenant, uploaded_tool.unique_identifier)
+    return uploaded_tool.unique_identifier
+
+
+def find_installed(client, tenant, plugin_id: str):
+    listed = client.list_plugins_with_total(tenant)
+    return next((p for p in listed.list if p.plugin_id == plugin_id), None), listed
+
+
+# --- upload and decode -----------------------------------------------------------------------
+
+
+def test_upload_returns_identifier_and_manifest(uploaded_tool):
+    match = IDENTIFIER_RE.match(uploaded_tool.unique_identifier)
+    assert match, uploaded_tool.unique_identifier
+    assert match.group(1, 2, 3) == ("plugind", "echo_tool", "0.0.1")
+    manifest = uploaded_tool.manifest
+    assert manifest.category == PluginCategory.Tool
+    assert manifest.author == "plugind" and manifest.name == "echo_tool"
+    assert manifest.tool is not None and manifest.tool.identity.name == "echo_tool"
+    assert manifest.plugins.tools == ["provider/echo_tool.yaml"]
+
+
+def test_decode_from_identifier_matches_upload(client, tenant, uploaded_tool):
+    decoded = client.decode_plugin_from_identifier(tenant, uploaded_tool.unique_identifier)
+    assert decoded.unique_identifier == uploaded_tool.unique_identifier
+    assert decoded.manifest.name == "echo_tool"
+
+
+def test_fetch_manifest_by_identifier(client, tenant, uploaded_tool):
+    manifest = client.fetch_plugin_manifest(tenant, uploaded_tool.unique_identifier)
+    assert manifest.category == PluginCategory.Tool
+    assert manifest.version == "0.0.1"
+
+
+def test_fetch_identifier_reports_known_package(client, tenant, uploaded_tool):
+    assert client.fetch_plugin_by_identifier(tenant, uploaded_tool.unique_identifier) is True
+
+
+def test_unknown_identifier_is_a_typed_error(client, tenant):
+    bogus = "plugind/nothing:0.0.1@" + "0" * 64
+    with pytest.raises(PluginDaemonError):
+        client.fetch_plugin_manifest(tenant, bogus)
+
+
+def test_wrong_key_is_rejected(tenant):
+    bad = DifyPluginClient(PLUGIND_URL, "not-the-key")
+    try:
+        with pytest.raises(PluginDaemonClientSideError, match="401"):
+            bad.list_plugins_with_total(tenant)
+    finally:
+        bad.close()
+
+
+# --- install, list, tools --------------------------------------------------------------------
+
+
+def test_installed_plugin_is_listed(client, tenant, installed_tool):
+    entry, listed = find_installed(client, tenant, "plugind/echo_tool")
+    assert entry is not None, [p.plugin_id for p in listed.list]
+    assert listed.total >= 1
+    assert entry.plugin_unique_identifier == installed_tool
+    assert entry.tenant_id == tenant
+    assert entry.name == "echo_tool" and entry.version == "0.0.1"
+    assert entry.checksum and installed_tool.endswith(entry.checksum)
+    assert entry.source.value == "package"
+    assert entry.declaration.category == PluginCategory.Tool
+    assert entry.installation_id
+
+
+def test_installation_fetch_batch(client, tenant, installed_tool):
+    found = client.fetch_installations_by_ids(tenant, ["plugind/echo_tool"])
+    assert [i.plugin_unique_identifier for i in found] == [installed_tool]
+
+
+def test_tools_are_listed_with_declarations(client, tenant, installed_tool):
+    providers = client.fetch_tool_providers(tenant)
+    ours = [p for p in providers if p.plugin_id == "plugind/echo_tool"]
+    assert len(ours) == 1
+    provider = ours[0]
+    assert provider.provider == "echo_tool"
+    assert provider.plugin_unique_identifier == installed_tool
+    names = {t.identity.name for t in provider.declaration.tools}
+    assert names == {"echo", "json", "blob", "fail", "slow"}
+
+
+def test_single_tool_provider(client, tenant, installed_tool):
+    provider = client.fetch_tool_provider(tenant, "plugind/echo_tool", "echo_tool")
+    assert provider.declaration.identity.name == "echo_tool"
+    assert {t.identity.provider for t in provider.declaration.tools} == {"echo_tool"}
+
+
+def test_tool_invoke_streams_text(client, tenant, installed_tool):
+    messages = list(
+        client.invoke_tool(tenant, "user-1", "plugind/echo_tool", "echo_tool", "echo", {"text": "hi"}, {"api_key": "k"})
+    )
+    assert [(m.type, m.message) for m in messages] == [("text", {"text": "hi"})]
+
+
+def test_tool_error_reaches_dify_as_plugin_invoke_error(client, tenant, installed_tool):
+    with pytest.raises(PluginInvokeError):
+        list(
+            client.invoke_tool(tenant, "user-1", "plugind/echo_tool", "echo_tool", "fail", {"reason": "x"}, {"api_key": "k"})
+        )
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def test_model_provider_is_listed(client, tenant, tmp_path_factory):
+    uploaded = client.upload_pkg(tenant, build_package("echo_model", tmp_path_factory.mktemp("pkg")))
+    assert uploaded.manifest.category == PluginCategory.Model
+    install(client, tenant, uploaded.unique_identifier)
+    providers = [p for p in client.fetch_model_providers(tenant) if p.plugin_id == "plugind/echo_model"]
+    assert len(providers) == 1
+    declaration = providers[0].declaration
+    assert providers[0].provider == "echo_model" and providers[0].tenant_id == tenant
+    assert set(declaration.supported_model_types) == {"llm", "text-embedding"}
+    assert {m.model for m in declaration.models} == {"echo-llm", "echo-embedding"}
+
+
+# --- uninstall -------------------------------------------------------------------------------
+
+
+def test_uninstall_removes_plugin(client, tenant, installed_tool):
+    entry, _ = find_installed(client, tenant, "plugind/echo_tool")
+    assert entry is not None
+    assert client.uninstall(tenant, entry.installation_id) is True
+    after, _ = find_installed(client, tenant, "plugind/echo_tool")
+    assert after is None
+
+
+def test_uninstall_of_absent_installation_is_true(client, tenant):
+    assert client.uninstall(tenant, str(uuid.uuid4())) is True

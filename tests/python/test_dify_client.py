@@ -1,0 +1,131 @@
+"""The contract client parses like Dify: checked against canned daemon answers.
+
+If these parsing rules were looser than Dify's, the contract tests could pass
+against a daemon Dify rejects; so the rules themselves are tested here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+import dify_client as dc
+
+
+def client_for(handler) -> dc.DifyPluginClient:
+    return dc.DifyPluginClient("http://daemon.test", "key", transport=httpx.MockTransport(handler))
+
+
+def envelope(code: int, message: str, data) -> dict:
+    return {"code": code, "message": message, "data": data}
+
+
+def error_envelope(code: int, error_type: str, message: str) -> dict:
+    return envelope(code, json.dumps({"message": message, "error_type": error_type, "args": None}), None)
+
+
+def test_sends_api_key_and_returns_data():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["key"] = request.headers.get("X-Api-Key")
+        seen["query"] = dict(request.url.params)
+        return httpx.Response(200, json=envelope(0, "success", True))
+
+    assert client_for(handler).fetch_plugin_by_identifier("t1", "a/b:0.0.1@x") is True
+    assert seen == {"key": "key", "query": {"plugin_unique_identifier": "a/b:0.0.1@x"}}
+
+
+def test_null_data_on_success_is_rejected():
+    client = client_for(lambda r: httpx.Response(200, json=envelope(0, "success", None)))
+    with pytest.raises(ValueError, match="empty data"):
+        client.fetch_plugin_by_identifier("t1", "x")
+
+
+def test_http_4xx_loses_typed_error():
+    body = error_envelope(-404, "PluginNotFoundError", "nope")
+    client = client_for(lambda r: httpx.Response(404, json=body))
+    with pytest.raises(dc.PluginDaemonClientSideError):
+        client.fetch_plugin_by_identifier("t1", "x")
+
+
+def test_http_5xx_is_internal_server_error():
+    client = client_for(lambda r: httpx.Response(502, text="bad gateway"))
+    with pytest.raises(dc.PluginDaemonInternalServerError):
+        client.fetch_plugin_by_identifier("t1", "x")
+
+
+@pytest.mark.parametrize(
+    ("error_type", "exception"),
+    [
+        ("PluginDaemonBadRequestError", dc.PluginDaemonBadRequestError),
+        ("PluginDaemonNotFoundError", dc.PluginDaemonNotFoundError),
+        ("PluginUniqueIdentifierError", dc.PluginUniqueIdentifierError),
+        ("PluginNotFoundError", dc.PluginNotFoundError),
+        ("PluginDaemonUnauthorizedError", dc.PluginDaemonUnauthorizedError),
+        ("PluginPermissionDeniedError", dc.PluginPermissionDeniedError),
+        ("PluginDaemonInternalServerError", dc.PluginDaemonInternalServerError),
+        ("SomethingElse", dc.UnknownDaemonError),
+    ],
+)
+def test_error_type_picks_exception(error_type, exception):
+    client = client_for(lambda r: httpx.Response(200, json=error_envelope(-400, error_type, "why")))
+    with pytest.raises(exception):
+        client.fetch_plugin_by_identifier("t1", "x")
+
+
+def test_error_message_must_be_json():
+    client = client_for(lambda r: httpx.Response(200, json=envelope(-500, "plain text", None)))
+    with pytest.raises(ValueError, match="plain text, code: -500"):
+        client.fetch_plugin_by_identifier("t1", "x")
+
+
+def test_wrong_data_type_is_a_parse_error():
+    client = client_for(lambda r: httpx.Response(200, json=envelope(0, "success", {"list": "nope"})))
+    with pytest.raises(ValueError, match="Failed to parse"):
+        client.list_plugins_with_total("t1")
+
+
+def sse(*items) -> bytes:
+    return b"".join(b"data: " + json.dumps(i).encode() + b"\n\n" for i in items)
+
+
+def stream_client(body: bytes, status: int = 200) -> dc.DifyPluginClient:
+    return client_for(lambda r: httpx.Response(status, content=body, headers={"Content-Type": "text/event-stream"}))
+
+
+def test_stream_yields_each_data_line_and_ignores_status():
+    text = {"type": "text", "message": {"text": "hi"}, "meta": None}
+    body = sse(envelope(0, "success", text)) + b"\n\n" + sse(envelope(0, "success", text))
+    msgs = list(stream_client(body, status=500).invoke_tool("t", "u", "a/b", "b", "echo", {}, {}))
+    assert [m.message for m in msgs] == [{"text": "hi"}, {"text": "hi"}]
+
+
+def test_stream_plugin_invoke_error_maps_inner_type():
+    inner = json.dumps({"error_type": "CredentialsValidateFailedError", "message": "bad key", "args": {}})
+    body = sse(error_envelope(-500, "PluginInvokeError", inner))
+    with pytest.raises(dc.CredentialsValidateFailedError, match="bad key"):
+        stream_client(body).validate_tool_credentials("t", "u", "a/b", "b", {})
+
+
+def test_stream_plugin_invoke_error_with_unknown_inner_type():
+    inner = json.dumps({"error_type": "ValueError", "message": "boom", "args": {}})
+    body = sse(error_envelope(-500, "PluginInvokeError", inner))
+    with pytest.raises(dc.PluginInvokeError) as info:
+        list(stream_client(body).invoke_tool("t", "u", "a/b", "b", "fail", {}, {}))
+    assert json.loads(info.value.description)["message"] == "boom"
+
+
+def test_stream_non_500_error_is_plain_value_error():
+    body = sse(error_envelope(-404, "PluginNotFoundError", "gone"))
+    with pytest.raises(ValueError, match="code: -404"):
+        list(stream_client(body).invoke_tool("t", "u", "a/b", "b", "echo", {}, {}))
+
+
+def test_stream_comment_line_breaks_dify():
+    # Dify parses every non-blank line; an SSE comment is not safe as a keep-alive.
+    body = b": keep-alive\n\n" + sse(envelope(0, "success", {"type": "text", "message": {}, "meta": None}))
+    with pytest.raises(ValueError):
+        list(stream_client(body).invoke_tool("t", "u", "a/b", "b", "echo", {}, {}))
