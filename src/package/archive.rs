@@ -112,12 +112,12 @@ pub fn read_archive(bytes: &[u8], limits: &DecodeLimits) -> Result<Archive, Pack
     let comment = zip.comment().to_vec();
 
     let mut declared_total: u64 = 0;
-    for i in 0..zip.len() {
+    for (i, name) in names.iter().enumerate() {
         let entry = zip
             .by_index_raw(i)
             .map_err(|e| PackageError::Malformed(e.to_string()))?;
         if entry.is_symlink() {
-            return Err(PackageError::Symlink(names[i].clone()));
+            return Err(PackageError::Symlink(name.clone()));
         }
         declared_total = declared_total.saturating_add(entry.size());
         if declared_total > limits.max_uncompressed {
