@@ -73,7 +73,7 @@ impl AppState {
         let keys = Arc::new(if settings.third_party_signature_verification_enabled {
             SignatureKeys::from_files(&settings.third_party_signature_verification_public_keys)?
         } else {
-            SignatureKeys::official_only()
+            SignatureKeys::official()
         });
         let packages = Arc::new(Packages::new(
             store.clone(),

@@ -462,7 +462,7 @@ impl Installer {
                 let new: PluginUniqueIdentifier = job
                     .identifier
                     .parse()
-                    .map_err(|e: crate::package::PackageError| e.to_string())?;
+                    .map_err(|e: crate::package::IdentifierError| e.to_string())?;
                 self.record_upgrade(
                     &job.tenant_id,
                     &original,
