@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
 use crate::install::packages::{PackageSettings, Packages};
 use crate::install::{InstallStep, Installer, NoopInstallStep};
 use crate::package::{PackageError, SignatureKeys};
 use crate::runtime::Registry;
 use crate::settings::{DatabaseTarget, Platform, Settings};
 use crate::storage::{LocalStorage, Storage};
-use crate::store::{Store, StoreError};
+use crate::store::{SqlKvStore, Store, StoreError};
 
 /// Why the state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum AppStateError {
     Store(#[from] StoreError),
     #[error("cannot load signature keys: {0}")]
     Keys(#[from] PackageError),
+    #[error("cannot build the Dify inner API client: {0}")]
+    InnerApi(#[from] InnerApiError),
     #[error("cannot prepare storage at {path}: {source}")]
     Storage {
         path: String,
@@ -40,6 +43,11 @@ pub struct AppState {
     pub installer: Arc<Installer>,
     /// Running plugin runtimes, whatever their host.
     pub registry: Arc<Registry>,
+    /// Dify's inner API, for plugins' backwards calls. Built once: it holds
+    /// the connection pool.
+    pub inner_api: InnerApiClient,
+    /// The plugins' key/value storage, over the store's database.
+    pub plugin_storage: PluginStorage,
 }
 
 impl AppState {
@@ -97,6 +105,11 @@ impl AppState {
             settings.plugin_package_cache_path.clone(),
         ));
         installer.recover().await?;
+        let inner_api = InnerApiClient::new(InnerApiConfig::from_settings(&settings))?;
+        let plugin_storage = PluginStorage::new(
+            Arc::new(SqlKvStore::new(store.clone())),
+            crate::backwards::storage::DEFAULT_MAX_STORAGE_SIZE,
+        );
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -105,6 +118,8 @@ impl AppState {
             packages,
             installer,
             registry: Arc::new(Registry::new()),
+            inner_api,
+            plugin_storage,
         })
     }
 }

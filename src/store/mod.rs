@@ -15,6 +15,7 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod kv;
 mod models;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{AnyPool, Row};
 
+pub use kv::SqlKvStore;
 pub use models::*;
 
 /// Failures of the store.
