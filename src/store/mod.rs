@@ -17,6 +17,7 @@
 
 mod kv;
 mod models;
+mod runtimes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
