@@ -3,8 +3,9 @@
 //! process and register it; stop it when its last installation goes
 //! (reference: `internal/core/plugin_manager/install_to_local.go`).
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -32,6 +33,9 @@ pub struct LocalInstallStep {
     /// Storage key prefix of uploaded packages.
     package_prefix: String,
     max_package_size: u64,
+    /// The same runtimes as in the registry, with their local handles
+    /// (process id, open sessions) for diagnostics.
+    runtimes: Mutex<HashMap<String, LocalRuntime>>,
 }
 
 impl std::fmt::Debug for LocalInstallStep {
@@ -73,7 +77,17 @@ impl LocalInstallStep {
             working_path,
             package_prefix: package_prefix.into(),
             max_package_size,
+            runtimes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The local handle of a running plugin.
+    pub fn runtime(&self, identifier: &str) -> Option<LocalRuntime> {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identifier)
+            .cloned()
     }
 
     /// Where `identifier` is unpacked.
@@ -168,6 +182,10 @@ impl LocalInstallStep {
         let runtime = started
             .map_err(|e| InstallStepError(format!("plugin {identifier} did not start: {e}")))?;
         watch_restarts(&runtime);
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identifier.to_owned(), runtime.clone());
         report("plugin ready".into()).await;
         if let Some(old) = self
             .registry
@@ -246,6 +264,10 @@ impl InstallStep for LocalInstallStep {
     }
 
     async fn remove_runtime(&self, identifier: &str) -> Result<(), InstallStepError> {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(identifier);
         if let Some(runtime) = self.registry.remove(identifier) {
             runtime.shutdown().await;
         }
