@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app_state::AppState;
@@ -38,7 +39,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (SERVER_HOST/SERVER_PORT): {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (SERVER_HOST/SERVER_PORT): {e}"))?
+        // Dispatch streams write small chunks; without TCP_NODELAY each one
+        // can wait ~40 ms for the client's delayed ACK.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     tracing::info!(%addr, "plugind listening");
     axum::serve(listener, crate::api::app(state.clone()))
         .with_graceful_shutdown(shutdown_signal())

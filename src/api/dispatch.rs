@@ -18,6 +18,7 @@ use axum::{middleware, Json, Router};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use super::envelope::{error_envelope_json, sse_line};
 use crate::app_state::AppState;
@@ -294,7 +295,11 @@ async fn handle(
             return refuse(StatusCode::BAD_REQUEST, DaemonError::BadRequest(message));
         }
     };
-    let (header, user_id, payload) = request;
+    let (mut header, user_id, payload) = request;
+    // The session id is chosen here so that every log line of the request,
+    // from the route to the plugin, carries it.
+    header.session_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("dispatch", session_id = %header.session_id, route = spec.path);
     let invoke = InvokeRequest {
         tenant_id,
         plugin_id: plugin_id.to_owned(),
@@ -305,7 +310,10 @@ async fn handle(
         payload,
         timeout: None,
     };
-    let chunks = match dispatch::invoke(&state, invoke).await {
+    let chunks = match dispatch::invoke(&state, invoke)
+        .instrument(span.clone())
+        .await
+    {
         Ok(chunks) => chunks,
         Err(DaemonError::PluginNotFound) => {
             crate::metrics::record_request(spec.path, "refused", started.elapsed());
@@ -314,7 +322,7 @@ async fn handle(
         // As the reference: once the installation is known the answer is a
         // stream, and a failure to open the session is its one error line.
         Err(err) => {
-            err.log();
+            span.in_scope(|| err.log());
             crate::metrics::record_request(spec.path, "error", started.elapsed());
             let line = sse_line(&error_envelope_json(&err));
             return sse_response(Body::from(line));
@@ -325,6 +333,7 @@ async fn handle(
         route: spec.path,
         started,
         outcome: None,
+        span,
     };
     sse_response(Body::from_stream(lines))
 }
@@ -397,6 +406,7 @@ struct SseLines {
     route: &'static str,
     started: Instant,
     outcome: Option<&'static str>,
+    span: tracing::Span,
 }
 
 impl Stream for SseLines {
@@ -414,7 +424,7 @@ impl Stream for SseLines {
             }
             Poll::Ready(Some(Err(err))) => {
                 let err = mid_stream_error(err);
-                err.log();
+                self.span.in_scope(|| err.log());
                 self.outcome = Some("error");
                 Poll::Ready(Some(Ok(Bytes::from(sse_line(&error_envelope_json(&err))))))
             }

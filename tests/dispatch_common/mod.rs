@@ -121,6 +121,10 @@ pub async fn serve_local(
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // As `plugind serve` does: small stream chunks go out at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = plugind::api::app(state.clone());
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
