@@ -5,8 +5,10 @@
 pub mod api;
 pub mod app_state;
 pub mod backwards;
+pub mod dispatch;
 pub mod error;
 pub mod install;
+pub mod metrics;
 pub mod package;
 pub mod runtime;
 pub mod serve;

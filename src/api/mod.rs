@@ -1,6 +1,7 @@
 //! The HTTP API: `/health/check` and the Dify-compatible management routes
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
+pub mod dispatch;
 pub mod envelope;
 pub mod extract;
 pub mod management;
@@ -97,6 +98,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health/check", get(health_check))
         .merge(plugin_routes)
+        .merge(dispatch::router(state.clone()))
         .with_state(state)
 }
 

@@ -15,7 +15,9 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod kv;
 mod models;
+mod runtimes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +28,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{AnyPool, Row};
 
+pub use kv::SqlKvStore;
 pub use models::*;
 
 /// Failures of the store.
