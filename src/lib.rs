@@ -7,6 +7,7 @@ pub mod app_state;
 pub mod backwards;
 pub mod error;
 pub mod install;
+pub mod mcp;
 pub mod package;
 pub mod runtime;
 pub mod serve;
