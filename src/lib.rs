@@ -8,6 +8,7 @@ pub mod backwards;
 pub mod dispatch;
 pub mod error;
 pub mod install;
+pub mod mcp;
 pub mod metrics;
 pub mod package;
 pub mod runtime;

@@ -5,6 +5,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod extract;
 pub mod management;
+pub mod mcp;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -24,6 +25,14 @@ const MULTIPART_SLACK: u64 = 1024 * 1024;
 /// The daemon's router. Kept apart from serving so tests can drive it with
 /// `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
+    let invoker = crate::mcp::invoker::RuntimeInvoker::new(state.clone());
+    let gateway = crate::mcp::McpGateway::new(state.clone(), invoker);
+    app_with_mcp(state, gateway)
+}
+
+/// [`app`] with a given MCP gateway (tests run tools through their own
+/// invoker this way).
+pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGateway>) -> Router {
     let upload_limit = state
         .settings
         .max_plugin_package_size
@@ -91,6 +100,7 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{m}/triggers"), get(h::list_triggers))
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
+        .merge(mcp::routes(gateway.clone()))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -99,6 +109,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health/check", get(health_check))
         .merge(plugin_routes)
         .merge(dispatch::router(state.clone()))
+        .merge(gateway.routes())
         .with_state(state)
 }
 

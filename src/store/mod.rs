@@ -274,6 +274,12 @@ impl Store {
         self.backend
     }
 
+    /// The connection pool, for modules that keep their own tables
+    /// (the MCP gateway's servers and tokens).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Closes every pooled connection.
     pub async fn close(&self) {
         self.pool.close().await;
