@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app_state;
 pub mod backwards;
+pub mod endpoint;
 pub mod error;
 pub mod install;
 pub mod package;

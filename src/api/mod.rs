@@ -1,6 +1,7 @@
 //! The HTTP API: `/health/check` and the Dify-compatible management routes
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
+pub mod endpoint;
 pub mod envelope;
 pub mod extract;
 pub mod management;
@@ -28,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .max_plugin_package_size
         .max(state.settings.max_bundle_package_size)
         .saturating_add(MULTIPART_SLACK);
+    let endpoints = endpoint::routes(&state);
     let m = "/plugin/{tenant_id}/management";
     use management as h;
     let plugin_routes = Router::new()
@@ -90,6 +92,7 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{m}/triggers"), get(h::list_triggers))
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
+        .merge(endpoints.management)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -97,6 +100,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health/check", get(health_check))
         .merge(plugin_routes)
+        .merge(endpoints.public)
         .with_state(state)
 }
 
