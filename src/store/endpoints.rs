@@ -13,6 +13,12 @@ use super::{from_micros, now_micros, Result, Store, StoreError};
 const ENDPOINT_COLS: &str =
     "id, created_at, updated_at, name, hook_id, tenant_id, user_id, plugin_id, expired_at, enabled, settings";
 
+/// The columns as selected: sqlx's `Any` driver cannot decode an SQLite
+/// BOOLEAN column, so `enabled` is read as a BIGINT on both engines.
+const ENDPOINT_SELECT: &str =
+    "id, created_at, updated_at, name, hook_id, tenant_id, user_id, plugin_id, expired_at, \
+     CAST(CASE WHEN enabled THEN 1 ELSE 0 END AS BIGINT) AS enabled, settings";
+
 /// An endpoint as stored, serialized with the reference's field names
 /// (`models.Endpoint`). `settings` holds the encrypted form.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -73,7 +79,7 @@ fn endpoint_from_row(r: &AnyRow) -> Result<EndpointRecord> {
         user_id: r.try_get("user_id")?,
         plugin_id: r.try_get("plugin_id")?,
         expired_at: from_micros(r.try_get("expired_at")?),
-        enabled: r.try_get("enabled")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
         settings,
     })
 }
@@ -134,7 +140,7 @@ impl Store {
     /// The endpoint behind a hook id.
     pub async fn endpoint_by_hook(&self, hook_id: &str) -> Result<Option<EndpointRecord>> {
         sqlx::query(&format!(
-            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE hook_id = $1"
+            "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE hook_id = $1"
         ))
         .bind(hook_id)
         .fetch_optional(&self.pool)
@@ -147,7 +153,7 @@ impl Store {
     /// A tenant's endpoint by id.
     pub async fn endpoint(&self, tenant_id: &str, id: &str) -> Result<Option<EndpointRecord>> {
         sqlx::query(&format!(
-            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = $1 AND tenant_id = $2"
+            "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE id = $1 AND tenant_id = $2"
         ))
         .bind(id)
         .bind(tenant_id)
@@ -169,21 +175,19 @@ impl Store {
     ) -> Result<Vec<EndpointRecord>> {
         let offset = (page.max(1) - 1) * page_size;
         let rows = match plugin_id {
-            Some(plugin_id) => {
-                sqlx::query(&format!(
-                    "SELECT {ENDPOINT_COLS} FROM endpoints WHERE tenant_id = $1 AND plugin_id = $2 \
+            Some(plugin_id) => sqlx::query(&format!(
+                "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE tenant_id = $1 AND plugin_id = $2 \
                      ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
-                ))
-                .bind(tenant_id)
-                .bind(plugin_id)
-                .bind(page_size)
-                .bind(offset)
-                .fetch_all(&self.pool)
-                .await?
-            }
+            ))
+            .bind(tenant_id)
+            .bind(plugin_id)
+            .bind(page_size)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?,
             None => {
                 sqlx::query(&format!(
-                    "SELECT {ENDPOINT_COLS} FROM endpoints WHERE tenant_id = $1 \
+                    "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE tenant_id = $1 \
                      ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
                 ))
                 .bind(tenant_id)
@@ -226,7 +230,7 @@ impl Store {
     ) -> Result<Option<EndpointRecord>> {
         let mut tx = self.begin().await?;
         let Some(row) = sqlx::query(&format!(
-            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = $1 AND tenant_id = $2{}",
+            "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE id = $1 AND tenant_id = $2{}",
             self.lock()
         ))
         .bind(id)
@@ -270,7 +274,7 @@ impl Store {
     ) -> Result<Option<EndpointRecord>> {
         let mut tx = self.begin().await?;
         let Some(row) = sqlx::query(&format!(
-            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = $1 AND tenant_id = $2{}",
+            "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE id = $1 AND tenant_id = $2{}",
             self.lock()
         ))
         .bind(id)
