@@ -175,16 +175,18 @@ impl Store {
     ) -> Result<Vec<EndpointRecord>> {
         let offset = (page.max(1) - 1) * page_size;
         let rows = match plugin_id {
-            Some(plugin_id) => sqlx::query(&format!(
+            Some(plugin_id) => {
+                sqlx::query(&format!(
                 "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE tenant_id = $1 AND plugin_id = $2 \
                      ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
             ))
-            .bind(tenant_id)
-            .bind(plugin_id)
-            .bind(page_size)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?,
+                .bind(tenant_id)
+                .bind(plugin_id)
+                .bind(page_size)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?
+            }
             None => {
                 sqlx::query(&format!(
                     "SELECT {ENDPOINT_SELECT} FROM endpoints WHERE tenant_id = $1 \
