@@ -6,6 +6,7 @@ pub mod api;
 pub mod app_state;
 pub mod backwards;
 pub mod dispatch;
+pub mod endpoint;
 pub mod error;
 pub mod install;
 pub mod mcp;

@@ -2,6 +2,7 @@
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
 pub mod dispatch;
+pub mod endpoint;
 pub mod envelope;
 pub mod extract;
 pub mod management;
@@ -38,6 +39,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .max_plugin_package_size
         .max(state.settings.max_bundle_package_size)
         .saturating_add(MULTIPART_SLACK);
+    let endpoints = endpoint::routes(&state);
     let m = "/plugin/{tenant_id}/management";
     use management as h;
     let plugin_routes = Router::new()
@@ -101,6 +103,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
         .merge(mcp::routes(gateway.clone()))
+        .merge(endpoints.management)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -110,6 +113,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .merge(plugin_routes)
         .merge(dispatch::router(state.clone()))
         .merge(gateway.routes())
+        .merge(endpoints.public)
         .with_state(state)
 }
 

@@ -31,7 +31,6 @@ use super::records::McpStore;
 use super::seal::Sealer;
 use super::{ChunkStream, ToolCall};
 use crate::app_state::AppState;
-use crate::backwards::{InnerApiClient, InnerApiConfig};
 use crate::error::DaemonError;
 
 /// The path of the protected-resource metadata of a server, under the
@@ -74,9 +73,7 @@ impl McpGateway {
     /// A gateway over the daemon's state, running plugin tools with `invoker`.
     pub fn new(state: AppState, invoker: Arc<dyn PluginInvoker>) -> Arc<Self> {
         let settings = state.settings.clone();
-        let inner = InnerApiClient::new(InnerApiConfig::from_settings(&settings))
-            .inspect_err(|e| tracing::warn!(error = %e, "MCP app tools are off: inner API client"))
-            .ok();
+        let inner = Some(state.inner_api.clone());
         let records = McpStore::new(state.store.clone(), Sealer::from_settings(&settings));
         let hosts = trimmed(&settings.mcp_allowed_hosts);
         let shutdown = CancellationToken::new();

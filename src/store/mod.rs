@@ -15,6 +15,7 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod endpoints;
 mod kv;
 mod models;
 mod runtimes;
@@ -28,6 +29,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{AnyPool, Row};
 
+pub use endpoints::{default_expiry, EndpointRecord, NewEndpoint};
 pub use kv::SqlKvStore;
 pub use models::*;
 
@@ -545,6 +547,16 @@ impl Store {
             .bind(&installation.plugin_id)
             .execute(&mut *tx)
             .await?;
+        // Endpoints go with the installation, except a debugging (remote)
+        // one's, which wait for the plugin to reconnect (reference:
+        // `install_service/curd.go::UninstallPlugin`).
+        if installation.runtime_type != "remote" {
+            sqlx::query("DELETE FROM endpoints WHERE tenant_id = $1 AND plugin_id = $2")
+                .bind(tenant_id)
+                .bind(&installation.plugin_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let plugin_deleted = plugin.as_ref().is_none_or(|p| p.refers <= 0);
         if plugin_deleted {
             delete_plugin_rows(&mut tx, &identifier).await?;
