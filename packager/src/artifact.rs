@@ -693,7 +693,9 @@ mod tests {
         BuildOptions::new(this_binary_arch(), bootstrap, fake_uv(dir, uv_body))
     }
 
-    const WRITE_DEP: &str = r#"while [ "$1" != "--target" ]; do shift; done; mkdir -p "$2/dep" "$2/dep/__pycache__"; echo "x = 1" > "$2/dep/__init__.py"; echo junk > "$2/dep/__pycache__/a.pyc"; echo "$@" > "$2/dep/args.txt""#;
+    /// Writes one package and the uv arguments (work paths masked, so equal
+    /// inputs stay equal).
+    const WRITE_DEP: &str = r#"ARGS="$*"; while [ "$1" != "--target" ]; do shift; done; T="$2"; mkdir -p "$T/dep/__pycache__"; echo "x = 1" > "$T/dep/__init__.py"; echo junk > "$T/dep/__pycache__/a.pyc"; echo "$ARGS" | sed "s#$T#TARGET#g; s#[^ ]*/spec/#SPEC/#g" > "$T/dep/args.txt""#;
 
     #[test]
     fn artifacts_are_deterministic_and_laid_out() {
