@@ -61,7 +61,13 @@ async fn main() {
         d.emulator.stop_environments();
         let started = Instant::now();
         let (_, error) = d
-            .invoke(&tool_request(&format!("cold{i}"), "echo_tool", "echo", json!({"text": "x"}), json!({})))
+            .invoke(&tool_request(
+                &format!("cold{i}"),
+                "echo_tool",
+                "echo",
+                json!({"text": "x"}),
+                json!({}),
+            ))
             .await;
         assert!(error.is_none());
         first_calls.push(started.elapsed());
@@ -76,8 +82,14 @@ async fn main() {
         .map(Duration::from_millis)
         .collect();
     println!("bootstrap cold start ({COLD_STARTS} runs)");
-    println!("  spawn to plugin-ready (first heartbeat): p50 {}", ms(p50(ready)));
-    println!("  first invoke incl. unpack and start: p50 {}", ms(p50(first_calls)));
+    println!(
+        "  spawn to plugin-ready (first heartbeat): p50 {}",
+        ms(p50(ready))
+    );
+    println!(
+        "  first invoke incl. unpack and start: p50 {}",
+        ms(p50(first_calls))
+    );
 
     // Warm relay: Runtime API hand-over to end of response, inside the
     // emulator, against the same request written to the plugin's stdio.
@@ -86,7 +98,13 @@ async fn main() {
     for i in 0..WARM_CALLS {
         let started = Instant::now();
         let (_, error) = d
-            .invoke(&tool_request(&format!("w{i}"), "echo_tool", "echo", json!({"text": "x"}), json!({})))
+            .invoke(&tool_request(
+                &format!("w{i}"),
+                "echo_tool",
+                "echo",
+                json!({"text": "x"}),
+                json!({}),
+            ))
             .await;
         assert!(error.is_none());
         client_times.push(started.elapsed());
@@ -95,13 +113,22 @@ async fn main() {
     let direct = direct_stdio_times(WARM_CALLS).await;
     let (relay50, direct50) = (p50(relay), p50(direct));
     println!("warm echo invocation ({WARM_CALLS} calls)");
-    println!("  plugin over stdio directly (local runtime floor): p50 {}", ms(direct50));
-    println!("  bootstrap (Runtime API next -> response end): p50 {}", ms(relay50));
+    println!(
+        "  plugin over stdio directly (local runtime floor): p50 {}",
+        ms(direct50)
+    );
+    println!(
+        "  bootstrap (Runtime API next -> response end): p50 {}",
+        ms(relay50)
+    );
     println!(
         "  relay overhead: p50 {} (target <= 1 ms)",
         ms(relay50.saturating_sub(direct50))
     );
-    println!("  whole InvokeWithResponseStream round trip via the emulator: p50 {}", ms(p50(client_times)));
+    println!(
+        "  whole InvokeWithResponseStream round trip via the emulator: p50 {}",
+        ms(p50(client_times))
+    );
 }
 
 /// Times echo requests written straight to a plugin child's stdin until its
@@ -132,13 +159,22 @@ async fn direct_stdio_times(calls: usize) -> Vec<Duration> {
     let mut times = Vec::with_capacity(calls);
     for i in 0..calls {
         let sid = format!("d{i}");
-        let mut req = serde_json::to_vec(&tool_request(&sid, "echo_tool", "echo", json!({"text": "x"}), json!({}))).unwrap();
+        let mut req = serde_json::to_vec(&tool_request(
+            &sid,
+            "echo_tool",
+            "echo",
+            json!({"text": "x"}),
+            json!({}),
+        ))
+        .unwrap();
         req.push(b'\n');
         let started = Instant::now();
         stdin.write_all(&req).await.unwrap();
         stdin.flush().await.unwrap();
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains(&format!("\"session_id\":\"{sid}\"")) && line.contains("\"type\":\"end\"") {
+            if line.contains(&format!("\"session_id\":\"{sid}\""))
+                && line.contains("\"type\":\"end\"")
+            {
                 break;
             }
         }

@@ -19,17 +19,30 @@ fn texts(lines: &[Value]) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l["data"]["type"] == "stream")
-        .filter_map(|l| l["data"]["data"]["message"]["text"].as_str().map(str::to_owned))
+        .filter_map(|l| {
+            l["data"]["data"]["message"]["text"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
 fn last_type(lines: &[Value]) -> String {
-    lines.last().map(|l| l["data"]["type"].as_str().unwrap_or("").to_owned()).unwrap_or_default()
+    lines
+        .last()
+        .map(|l| l["data"]["type"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
 }
 
 async fn echo(d: &Deployed, session: &str, text: &str) -> Vec<Value> {
     let (chunks, error) = d
-        .invoke(&tool_request(session, "echo_tool", "echo", json!({"text": text}), json!({})))
+        .invoke(&tool_request(
+            session,
+            "echo_tool",
+            "echo",
+            json!({"text": text}),
+            json!({}),
+        ))
         .await;
     assert_eq!(error, None, "logs: {:#?}", d.emulator.logs());
     lines(&chunks)
@@ -44,8 +57,14 @@ async fn chunks_stream_in_order_as_the_plugin_writes_them() {
         .function_name(&d.function)
         .qualifier(&d.version)
         .payload(aws_sdk_lambda::primitives::Blob::new(
-            serde_json::to_vec(&tool_request("s1", "echo_tool", "slow", json!({"count": 3, "delay": 0.5}), json!({})))
-                .unwrap(),
+            serde_json::to_vec(&tool_request(
+                "s1",
+                "echo_tool",
+                "slow",
+                json!({"count": 3, "delay": 0.5}),
+                json!({}),
+            ))
+            .unwrap(),
         ))
         .send()
         .await
@@ -64,11 +83,18 @@ async fn chunks_stream_in_order_as_the_plugin_writes_them() {
         }
     }
     assert!(completed, "the stream ends with InvokeComplete");
-    let chunks: Vec<bytes::Bytes> = arrivals.iter().map(|(_, b)| bytes::Bytes::from(b.clone())).collect();
+    let chunks: Vec<bytes::Bytes> = arrivals
+        .iter()
+        .map(|(_, b)| bytes::Bytes::from(b.clone()))
+        .collect();
     let all = lines(&chunks);
     assert_eq!(texts(&all), ["chunk 0", "chunk 1", "chunk 2"]);
     assert_eq!(last_type(&all), "end");
-    assert!(all.iter().all(|l| l["session_id"] == "s1" && l["event"] == "session"), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|l| l["session_id"] == "s1" && l["event"] == "session"),
+        "{all:?}"
+    );
     // Lines are relayed one by one as the plugin writes them, not buffered
     // until the session ends.
     let first_text = arrivals
@@ -98,8 +124,17 @@ async fn a_warm_second_call_reuses_the_plugin_process() {
     let warm = started.elapsed();
     assert_eq!(texts(&second), ["two"]);
     assert_eq!(second[0]["session_id"], "w2");
-    assert_eq!(d.emulator.plugin_pids(), pids, "the same child served both calls");
-    let starts = d.emulator.logs().iter().filter(|l| l.contains("plugin started")).count();
+    assert_eq!(
+        d.emulator.plugin_pids(),
+        pids,
+        "the same child served both calls"
+    );
+    let starts = d
+        .emulator
+        .logs()
+        .iter()
+        .filter(|l| l.contains("plugin started"))
+        .count();
     assert_eq!(starts, 1);
     println!("cold call {cold:?}, warm call {warm:?}");
     assert!(warm < cold, "warm {warm:?} vs cold {cold:?}");
@@ -109,7 +144,13 @@ async fn a_warm_second_call_reuses_the_plugin_process() {
 async fn plugin_errors_are_relayed_as_the_plugin_wrote_them() {
     let d = deploy(&fixture_artifact("echo_tool"), &[], 60).await;
     let (chunks, error) = d
-        .invoke(&tool_request("f1", "echo_tool", "fail", json!({"reason": "boom"}), json!({})))
+        .invoke(&tool_request(
+            "f1",
+            "echo_tool",
+            "fail",
+            json!({"reason": "boom"}),
+            json!({}),
+        ))
         .await;
     assert_eq!(error, None);
     let all = lines(&chunks);
@@ -128,8 +169,14 @@ async fn a_plugin_crash_gives_a_typed_error_and_the_next_call_succeeds() {
         .function_name(&d.function)
         .qualifier(&d.version)
         .payload(aws_sdk_lambda::primitives::Blob::new(
-            serde_json::to_vec(&tool_request("c1", "echo_tool", "slow", json!({"count": 5, "delay": 1}), json!({})))
-                .unwrap(),
+            serde_json::to_vec(&tool_request(
+                "c1",
+                "echo_tool",
+                "slow",
+                json!({"count": 5, "delay": 1}),
+                json!({}),
+            ))
+            .unwrap(),
         ))
         .send()
         .await
@@ -142,7 +189,10 @@ async fn a_plugin_crash_gives_a_typed_error_and_the_next_call_succeeds() {
         if let Ev::PayloadChunk(c) = event {
             let bytes = bytes::Bytes::from(c.payload.unwrap().into_inner());
             if !killed && String::from_utf8_lossy(&bytes).contains("chunk 0") {
-                let status = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status().unwrap();
+                let status = std::process::Command::new("kill")
+                    .args(["-9", &pids[0].to_string()])
+                    .status()
+                    .unwrap();
                 assert!(status.success());
                 killed = true;
             }
@@ -155,9 +205,15 @@ async fn a_plugin_crash_gives_a_typed_error_and_the_next_call_succeeds() {
     let last = all.last().unwrap();
     assert_eq!(last["session_id"], "c1");
     assert_eq!(last["data"]["type"], "error");
-    assert_eq!(last["data"]["data"]["error_type"], "PluginDaemonInternalServerError");
+    assert_eq!(
+        last["data"]["data"]["error_type"],
+        "PluginDaemonInternalServerError"
+    );
     assert!(
-        last["data"]["data"]["message"].as_str().unwrap().contains("exited"),
+        last["data"]["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited"),
         "{last}"
     );
 
@@ -170,7 +226,12 @@ async fn a_plugin_crash_gives_a_typed_error_and_the_next_call_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_plugin_is_killed_at_the_payload_limit() {
-    let d = deploy(&fixture_artifact("echo_tool"), &[("PLUGIN_MAX_EXECUTION_TIMEOUT", "120")], 60).await;
+    let d = deploy(
+        &fixture_artifact("echo_tool"),
+        &[("PLUGIN_MAX_EXECUTION_TIMEOUT", "120")],
+        60,
+    )
+    .await;
     let warm = echo(&d, "h0", "warm").await;
     assert_eq!(texts(&warm), ["warm"]);
     let pids = d.emulator.plugin_pids();
@@ -186,7 +247,10 @@ async fn a_hung_plugin_is_killed_at_the_payload_limit() {
     assert_eq!(error, None);
     let all = lines(&chunks);
     assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(all[0]["data"]["data"]["error_type"], "PluginDaemonInternalServerError");
+    assert_eq!(
+        all[0]["data"]["data"]["error_type"],
+        "PluginDaemonInternalServerError"
+    );
     assert_eq!(all[0]["data"]["data"]["message"], "killed by timeout");
     assert_eq!(texts(&echo(&d, "h2", "after").await), ["after"]);
     assert_ne!(d.emulator.plugin_pids(), pids);
@@ -254,13 +318,22 @@ async fn backwards_calls_reach_the_daemon_with_the_token_and_answers_reach_the_p
     let d = deploy(&fixture_artifact("rt_echo"), &[], 60).await;
     let context = json!({"plugind_url": daemon, "plugind_token": "good-token", "trace": "t1"});
     let (chunks, error) = d
-        .invoke(&tool_request("b1", "echo", "echo", json!({"text": "x", "store": "v1"}), context))
+        .invoke(&tool_request(
+            "b1",
+            "echo",
+            "echo",
+            json!({"text": "x", "store": "v1"}),
+            context,
+        ))
         .await;
     assert_eq!(error, None, "logs: {:#?}", d.emulator.logs());
     let all = lines(&chunks);
     assert_eq!(texts(&all), ["stored:v1", "x#0"], "{all:?}");
     assert_eq!(last_type(&all), "end");
-    assert!(all.iter().all(|l| l["data"]["type"] != "invoke"), "invoke events are not relayed");
+    assert!(
+        all.iter().all(|l| l["data"]["type"] != "invoke"),
+        "invoke events are not relayed"
+    );
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen.calls.len(), 2, "set and get");
@@ -271,7 +344,10 @@ async fn backwards_calls_reach_the_daemon_with_the_token_and_answers_reach_the_p
         assert_eq!(line["data"]["type"], "invoke");
         assert_eq!(line["data"]["data"]["type"], "storage");
     }
-    assert_eq!(seen.store.get("rt_echo").map(String::as_str), Some(hex_of("v1").as_str()));
+    assert_eq!(
+        seen.store.get("rt_echo").map(String::as_str),
+        Some(hex_of("v1").as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,18 +356,36 @@ async fn a_refused_backwards_call_fails_the_session_not_the_runner() {
     let d = deploy(&fixture_artifact("rt_echo"), &[], 60).await;
     let context = json!({"plugind_url": daemon, "plugind_token": "forged"});
     let (chunks, error) = d
-        .invoke(&tool_request("r1", "echo", "echo", json!({"text": "x", "store": "v1"}), context))
+        .invoke(&tool_request(
+            "r1",
+            "echo",
+            "echo",
+            json!({"text": "x", "store": "v1"}),
+            context,
+        ))
         .await;
     assert_eq!(error, None);
     let all = lines(&chunks);
     let last = all.last().unwrap();
     assert_eq!(last["data"]["type"], "error", "{all:?}");
-    assert!(last["data"]["data"]["message"].as_str().unwrap().contains("401"), "{last}");
+    assert!(
+        last["data"]["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{last}"
+    );
     assert_eq!(seen.lock().unwrap().calls.len(), 1);
     // The plugin and the runner live on.
     let pids = d.emulator.plugin_pids();
     let (chunks, error) = d
-        .invoke(&tool_request("r2", "echo", "echo", json!({"text": "y"}), json!({})))
+        .invoke(&tool_request(
+            "r2",
+            "echo",
+            "echo",
+            json!({"text": "y"}),
+            json!({}),
+        ))
         .await;
     assert_eq!(error, None);
     assert_eq!(texts(&lines(&chunks)), ["y#0"]);
@@ -302,10 +396,17 @@ async fn a_refused_backwards_call_fails_the_session_not_the_runner() {
 async fn invoke_faults_are_typed_and_the_lambda_deadline_is_kept() {
     let d = deploy(&fixture_artifact("echo_tool"), &[], 2).await;
     d.emulator.inject(&[Fault::Throttle, Fault::ServiceError]);
-    let request = serde_json::to_vec(&tool_request("t1", "echo_tool", "echo", json!({"text": "a"}), json!({}))).unwrap();
+    let request = serde_json::to_vec(&tool_request(
+        "t1",
+        "echo_tool",
+        "echo",
+        json!({"text": "a"}),
+        json!({}),
+    ))
+    .unwrap();
+    let once = d.emulator.client_without_retries();
     let call = || {
-        d.lambda
-            .invoke_with_response_stream()
+        once.invoke_with_response_stream()
             .function_name(&d.function)
             .qualifier(&d.version)
             .payload(aws_sdk_lambda::primitives::Blob::new(request.clone()))
@@ -315,15 +416,43 @@ async fn invoke_faults_are_typed_and_the_lambda_deadline_is_kept() {
     assert!(err.is_too_many_requests_exception(), "{err:?}");
     let err = call().await.unwrap_err().into_service_error();
     assert!(err.is_service_exception(), "{err:?}");
+    // The SDK's own retries ride over a throttle.
+    d.emulator.inject(&[Fault::Throttle]);
+    let (chunks, error) = d
+        .invoke(&tool_request(
+            "t0",
+            "echo_tool",
+            "echo",
+            json!({"text": "b"}),
+            json!({}),
+        ))
+        .await;
+    assert_eq!(error, None);
+    assert_eq!(texts(&lines(&chunks)), ["b"]);
+    assert_eq!(
+        d.emulator.invocations().len(),
+        1,
+        "faults are answered before execution"
+    );
     // The function's own timeout (2 s) is shorter than the plugin's limit:
     // the bootstrap ends the session with a typed error before Lambda's
     // deadline instead of letting Lambda cut the stream.
     let (chunks, error) = d
-        .invoke(&tool_request("t2", "echo_tool", "slow", json!({"count": 1, "delay": 10}), json!({})))
+        .invoke(&tool_request(
+            "t2",
+            "echo_tool",
+            "slow",
+            json!({"count": 1, "delay": 10}),
+            json!({}),
+        ))
         .await;
     assert_eq!(error, None);
     let all = lines(&chunks);
-    assert_eq!(all.last().unwrap()["data"]["data"]["message"], "killed by timeout", "{all:?}");
+    assert_eq!(
+        all.last().unwrap()["data"]["data"]["message"],
+        "killed by timeout",
+        "{all:?}"
+    );
 }
 
 fn hex_of(s: &str) -> String {

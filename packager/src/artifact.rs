@@ -291,7 +291,10 @@ pub enum PackagerError {
     Zip(#[from] zip::result::ZipError),
 }
 
-fn io_err(step: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PackagerError {
+fn io_err(
+    step: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> PackagerError {
     let path = path.into();
     move |source| PackagerError::Io { step, path, source }
 }
@@ -333,13 +336,20 @@ pub fn build_artifact(pkg: &[u8], opts: &BuildOptions) -> Result<Artifact, Packa
     let manifest: Manifest = serde_yaml::from_slice(&manifest.content)
         .map_err(|e| PackagerError::Manifest(e.to_string()))?;
     if !manifest.meta.runner.language.eq_ignore_ascii_case("python") {
-        return Err(PackagerError::UnsupportedLanguage(manifest.meta.runner.language));
+        return Err(PackagerError::UnsupportedLanguage(
+            manifest.meta.runner.language,
+        ));
     }
     let runner_version = yaml_scalar(&manifest.meta.runner.version);
-    let python_version = opts.python_version.clone().unwrap_or_else(|| runner_version.clone());
+    let python_version = opts
+        .python_version
+        .clone()
+        .unwrap_or_else(|| runner_version.clone());
     let entrypoint = manifest.meta.runner.entrypoint.trim().to_owned();
     if entrypoint.is_empty() {
-        return Err(PackagerError::Manifest("meta.runner.entrypoint is empty".into()));
+        return Err(PackagerError::Manifest(
+            "meta.runner.entrypoint is empty".into(),
+        ));
     }
     for path in files.keys() {
         if path == BOOTSTRAP_PATH || path == ARTIFACT_FILE || path.starts_with("deps/") {
@@ -348,7 +358,10 @@ pub fn build_artifact(pkg: &[u8], opts: &BuildOptions) -> Result<Artifact, Packa
     }
     let identifier = opts.identifier.clone().unwrap_or_else(|| {
         let sum = package_checksum(&files);
-        format!("{}/{}:{}@{sum}", manifest.author, manifest.name, manifest.version)
+        format!(
+            "{}/{}:{}@{sum}",
+            manifest.author, manifest.name, manifest.version
+        )
     });
     let bootstrap = read_bootstrap(&opts.bootstrap, opts.arch)?;
     opts.report(BuildEvent::Finished(BuildStep::Decoding));
@@ -372,10 +385,22 @@ pub fn build_artifact(pkg: &[u8], opts: &BuildOptions) -> Result<Artifact, Packa
     for (path, entry) in deps {
         entries.insert(format!("{DEPS_DIR}/{path}"), entry);
     }
-    entries.insert(BOOTSTRAP_PATH.into(), Entry { content: bootstrap, mode: 0o755 });
+    entries.insert(
+        BOOTSTRAP_PATH.into(),
+        Entry {
+            content: bootstrap,
+            mode: 0o755,
+        },
+    );
     let mut description = serde_json::to_vec_pretty(&info).expect("info serializes");
     description.push(b'\n');
-    entries.insert(ARTIFACT_FILE.into(), Entry { content: description, mode: 0o644 });
+    entries.insert(
+        ARTIFACT_FILE.into(),
+        Entry {
+            content: description,
+            mode: 0o644,
+        },
+    );
 
     let unzipped_size: u64 = entries.values().map(|e| e.content.len() as u64).sum();
     if unzipped_size > MAX_UNZIPPED_BYTES {
@@ -431,7 +456,9 @@ fn read_package(pkg: &[u8]) -> Result<BTreeMap<String, Entry>, PackagerError> {
         }
         let name = file.name().to_owned();
         if file.enclosed_name().is_none() || name.starts_with('/') {
-            return Err(PackagerError::InvalidPackage(format!("unsafe entry path {name:?}")));
+            return Err(PackagerError::InvalidPackage(format!(
+                "unsafe entry path {name:?}"
+            )));
         }
         total = total.saturating_add(file.size());
         if total > MAX_UNZIPPED_BYTES {
@@ -444,7 +471,11 @@ fn read_package(pkg: &[u8]) -> Result<BTreeMap<String, Entry>, PackagerError> {
         }
         // Plugin files keep their mode when the package recorded one; a
         // package built on Windows has none.
-        let mode = file.unix_mode().map(|m| m & 0o777).filter(|m| *m != 0).unwrap_or(0o644);
+        let mode = file
+            .unix_mode()
+            .map(|m| m & 0o777)
+            .filter(|m| *m != 0)
+            .unwrap_or(0o644);
         let mut content = Vec::with_capacity(file.size() as usize);
         file.read_to_end(&mut content)
             .map_err(|e| PackagerError::InvalidPackage(format!("{name}: {e}")))?;
@@ -468,7 +499,10 @@ fn yaml_scalar(v: &serde_yaml::Value) -> String {
     match v {
         serde_yaml::Value::String(s) => s.clone(),
         serde_yaml::Value::Number(n) => n.to_string(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     }
 }
 
@@ -515,13 +549,19 @@ fn resolve_dependencies(
     let spec_dir = work.join("spec");
     std::fs::create_dir_all(&spec_dir).map_err(io_err("creating a work folder", &spec_dir))?;
     let spec = spec_dir.join(dep_file);
-    std::fs::write(&spec, &files[dep_file].content).map_err(io_err("writing the dependency list", &spec))?;
+    std::fs::write(&spec, &files[dep_file].content)
+        .map_err(io_err("writing the dependency list", &spec))?;
     let target = work.join(DEPS_DIR);
     let platform = opts.arch.uv_platform();
     let mut cmd = Command::new(&opts.uv);
     cmd.args(["pip", "install", "--target"])
         .arg(&target)
-        .args(["--python-version", python_version, "--python-platform", platform])
+        .args([
+            "--python-version",
+            python_version,
+            "--python-platform",
+            platform,
+        ])
         .args(["--only-binary", ":all:", "--no-compile", "-r"])
         .arg(&spec)
         .args(&opts.extra_uv_args)
@@ -536,10 +576,18 @@ fn resolve_dependencies(
         path: opts.uv.clone(),
         source,
     })?;
-    let tail = Arc::new(Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES)));
+    let tail = Arc::new(Mutex::new(std::collections::VecDeque::with_capacity(
+        TAIL_LINES,
+    )));
     let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -580,13 +628,18 @@ fn resolve_dependencies(
 
 /// Every regular file under `dir`, with its mode; symlinks are followed so
 /// the zip holds plain files.
-fn collect_tree(root: &Path, dir: &Path, out: &mut Vec<(String, Entry)>) -> Result<(), PackagerError> {
+fn collect_tree(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, Entry)>,
+) -> Result<(), PackagerError> {
     use std::os::unix::fs::PermissionsExt;
     let read = std::fs::read_dir(dir).map_err(io_err("listing dependencies", dir))?;
     for item in read {
         let item = item.map_err(io_err("listing dependencies", dir))?;
         let path = item.path();
-        let meta = std::fs::metadata(&path).map_err(io_err("reading dependency metadata", &path))?;
+        let meta =
+            std::fs::metadata(&path).map_err(io_err("reading dependency metadata", &path))?;
         if meta.is_dir() {
             collect_tree(root, &path, out)?;
         } else if meta.is_file() {
@@ -600,7 +653,8 @@ fn collect_tree(root: &Path, dir: &Path, out: &mut Vec<(String, Entry)>) -> Resu
             if rel.split('/').any(|part| part == "__pycache__") {
                 continue;
             }
-            let content = std::fs::read(&path).map_err(io_err("reading a dependency file", &path))?;
+            let content =
+                std::fs::read(&path).map_err(io_err("reading a dependency file", &path))?;
             let mode = meta.permissions().mode() & 0o777;
             // Lambda runs as another user than the one who owns the files:
             // everything must be world-readable, executables world-runnable.
@@ -612,7 +666,10 @@ fn collect_tree(root: &Path, dir: &Path, out: &mut Vec<(String, Entry)>) -> Resu
 }
 
 /// Writes the deterministic zip.
-fn write_zip(entries: &BTreeMap<String, Entry>, opts: &BuildOptions) -> Result<Vec<u8>, PackagerError> {
+fn write_zip(
+    entries: &BTreeMap<String, Entry>,
+    opts: &BuildOptions,
+) -> Result<Vec<u8>, PackagerError> {
     let total = entries.len() as u64;
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (done, (path, entry)) in entries.iter().enumerate() {
@@ -722,39 +779,83 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "entries are sorted");
-        assert!(names.iter().all(|n| !n.ends_with('/')), "no directory entries: {names:?}");
-        assert!(names.contains(&"deps/dep/__init__.py".to_string()), "{names:?}");
-        assert!(!names.iter().any(|n| n.contains("__pycache__")), "{names:?}");
+        assert!(
+            names.iter().all(|n| !n.ends_with('/')),
+            "no directory entries: {names:?}"
+        );
+        assert!(
+            names.contains(&"deps/dep/__init__.py".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n.contains("__pycache__")),
+            "{names:?}"
+        );
         for i in 0..zip.len() {
             let f = zip.by_index(i).unwrap();
-            assert_eq!(f.last_modified(), Some(zip::DateTime::default()), "{}", f.name());
+            assert_eq!(
+                f.last_modified(),
+                Some(zip::DateTime::default()),
+                "{}",
+                f.name()
+            );
         }
-        assert_eq!(zip.by_name(BOOTSTRAP_PATH).unwrap().unix_mode().unwrap() & 0o777, 0o755);
-        assert_eq!(zip.by_name("tools/run.sh").unwrap().unix_mode().unwrap() & 0o777, 0o755);
-        assert_eq!(zip.by_name("main.py").unwrap().unix_mode().unwrap() & 0o777, 0o644);
+        assert_eq!(
+            zip.by_name(BOOTSTRAP_PATH).unwrap().unix_mode().unwrap() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            zip.by_name("tools/run.sh").unwrap().unix_mode().unwrap() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            zip.by_name("main.py").unwrap().unix_mode().unwrap() & 0o777,
+            0o644
+        );
 
         let mut args = String::new();
-        zip.by_name("deps/dep/args.txt").unwrap().read_to_string(&mut args).unwrap();
+        zip.by_name("deps/dep/args.txt")
+            .unwrap()
+            .read_to_string(&mut args)
+            .unwrap();
         let platform = this_binary_arch().uv_platform();
-        assert!(args.contains(&format!("--python-version 3.12 --python-platform {platform}")), "{args}");
+        assert!(
+            args.contains(&format!(
+                "--python-version 3.12 --python-platform {platform}"
+            )),
+            "{args}"
+        );
         assert!(args.contains("--only-binary :all:"), "{args}");
 
         let mut info = String::new();
-        zip.by_name(ARTIFACT_FILE).unwrap().read_to_string(&mut info).unwrap();
+        zip.by_name(ARTIFACT_FILE)
+            .unwrap()
+            .read_to_string(&mut info)
+            .unwrap();
         let info: ArtifactInfo = serde_json::from_str(&info).unwrap();
         assert_eq!(info, a.info);
         assert_eq!(info.entrypoint, "main");
         assert_eq!(info.python_version, "3.12");
         assert_eq!(info.lambda_runtime(), "python3.12");
-        assert!(info.identifier.starts_with("a/p:0.0.1@"), "{}", info.identifier);
+        assert!(
+            info.identifier.starts_with("a/p:0.0.1@"),
+            "{}",
+            info.identifier
+        );
     }
 
     #[test]
     fn a_different_package_gives_a_different_key() {
         let dir = tempfile::tempdir().unwrap();
         let opts = options(dir.path(), WRITE_DEP);
-        let one = pkg(&[("manifest.yaml", MANIFEST, 0o644), ("requirements.txt", b"a\n", 0o644)]);
-        let two = pkg(&[("manifest.yaml", MANIFEST, 0o644), ("requirements.txt", b"b\n", 0o644)]);
+        let one = pkg(&[
+            ("manifest.yaml", MANIFEST, 0o644),
+            ("requirements.txt", b"a\n", 0o644),
+        ]);
+        let two = pkg(&[
+            ("manifest.yaml", MANIFEST, 0o644),
+            ("requirements.txt", b"b\n", 0o644),
+        ]);
         assert_ne!(
             build_artifact(&one, &opts).unwrap().s3_key,
             build_artifact(&two, &opts).unwrap().s3_key
@@ -765,7 +866,10 @@ mod tests {
     fn uv_failures_carry_its_output() {
         let dir = tempfile::tempdir().unwrap();
         let opts = options(dir.path(), "echo 'no wheel for pkg-x' >&2; exit 1");
-        let pkg = pkg(&[("manifest.yaml", MANIFEST, 0o644), ("requirements.txt", b"pkg-x\n", 0o644)]);
+        let pkg = pkg(&[
+            ("manifest.yaml", MANIFEST, 0o644),
+            ("requirements.txt", b"pkg-x\n", 0o644),
+        ]);
         let err = build_artifact(&pkg, &opts).unwrap_err();
         assert!(matches!(err, PackagerError::Dependencies { .. }), "{err}");
         assert!(err.to_string().contains("no wheel for pkg-x"), "{err}");
@@ -776,10 +880,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = r#"while [ "$1" != "--target" ]; do shift; done; mkdir -p "$2/huge"; head -c 270000000 /dev/zero > "$2/huge/blob.bin""#;
         let opts = options(dir.path(), big);
-        let pkg = pkg(&[("manifest.yaml", MANIFEST, 0o644), ("requirements.txt", b"huge\n", 0o644)]);
+        let pkg = pkg(&[
+            ("manifest.yaml", MANIFEST, 0o644),
+            ("requirements.txt", b"huge\n", 0o644),
+        ]);
         let err = build_artifact(&pkg, &opts).unwrap_err();
         match &err {
-            PackagerError::TooLarge { what, limit, largest, .. } => {
+            PackagerError::TooLarge {
+                what,
+                limit,
+                largest,
+                ..
+            } => {
                 assert_eq!(*what, "unzipped");
                 assert_eq!(*limit, MAX_UNZIPPED_BYTES);
                 assert!(largest.starts_with("deps/huge"), "{largest}");
@@ -795,7 +907,10 @@ mod tests {
         let big = r#"while [ "$1" != "--target" ]; do shift; done; mkdir -p "$2/noise"; head -c 60000000 /dev/urandom > "$2/noise/n.bin""#;
         let mut opts = options(dir.path(), big);
         opts.upload = UploadMode::Direct;
-        let pkg = pkg(&[("manifest.yaml", MANIFEST, 0o644), ("requirements.txt", b"n\n", 0o644)]);
+        let pkg = pkg(&[
+            ("manifest.yaml", MANIFEST, 0o644),
+            ("requirements.txt", b"n\n", 0o644),
+        ]);
         let err = build_artifact(&pkg, &opts).unwrap_err();
         assert!(err.to_string().contains("upload through S3"), "{err}");
     }
@@ -805,22 +920,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = options(dir.path(), WRITE_DEP);
         let no_deps = pkg(&[("manifest.yaml", MANIFEST, 0o644)]);
-        assert!(matches!(build_artifact(&no_deps, &opts), Err(PackagerError::NoDependencyFile)));
+        assert!(matches!(
+            build_artifact(&no_deps, &opts),
+            Err(PackagerError::NoDependencyFile)
+        ));
         let reserved = pkg(&[
             ("manifest.yaml", MANIFEST, 0o644),
             ("requirements.txt", b"a\n", 0o644),
             ("bin/plugin-runner", b"x", 0o755),
         ]);
-        assert!(matches!(build_artifact(&reserved, &opts), Err(PackagerError::ReservedPath(_))));
+        assert!(matches!(
+            build_artifact(&reserved, &opts),
+            Err(PackagerError::ReservedPath(_))
+        ));
         let go = pkg(&[(
             "manifest.yaml",
             b"version: 0.0.1\nauthor: a\nname: p\nmeta:\n  runner:\n    language: go\n    version: '1'\n    entrypoint: main\n",
             0o644,
         )]);
-        assert!(matches!(build_artifact(&go, &opts), Err(PackagerError::UnsupportedLanguage(_))));
+        assert!(matches!(
+            build_artifact(&go, &opts),
+            Err(PackagerError::UnsupportedLanguage(_))
+        ));
         let mut wrong_arch = opts.clone();
-        wrong_arch.arch = if this_binary_arch() == Arch::X86_64 { Arch::Arm64 } else { Arch::X86_64 };
-        let ok = pkg(&[("manifest.yaml", MANIFEST, 0o644), ("requirements.txt", b"a\n", 0o644)]);
+        wrong_arch.arch = if this_binary_arch() == Arch::X86_64 {
+            Arch::Arm64
+        } else {
+            Arch::X86_64
+        };
+        let ok = pkg(&[
+            ("manifest.yaml", MANIFEST, 0o644),
+            ("requirements.txt", b"a\n", 0o644),
+        ]);
         let err = build_artifact(&ok, &wrong_arch).unwrap_err();
         assert!(matches!(err, PackagerError::Bootstrap { .. }), "{err}");
     }

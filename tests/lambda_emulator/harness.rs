@@ -28,8 +28,16 @@ pub fn fixture_package(name: &str) -> Vec<u8> {
 
 /// Build options for this machine's architecture with the test tools.
 pub fn build_options() -> BuildOptions {
-    let arch = if cfg!(target_arch = "aarch64") { Arch::Arm64 } else { Arch::X86_64 };
-    let mut opts = BuildOptions::new(arch, tools::plugin_runner_binary(), tools::tool_var("UV_PATH"));
+    let arch = if cfg!(target_arch = "aarch64") {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
+    };
+    let mut opts = BuildOptions::new(
+        arch,
+        tools::plugin_runner_binary(),
+        tools::tool_var("UV_PATH"),
+    );
     opts.cache_dir = Some(uv_cache());
     opts.s3_prefix = "plugind/".into();
     opts
@@ -43,7 +51,9 @@ pub fn fixture_artifact(name: &'static str) -> Arc<Artifact> {
     if let Some((_, a)) = built.iter().find(|(n, _)| *n == name) {
         return a.clone();
     }
-    let artifact = Arc::new(build_artifact(&fixture_package(name), &build_options()).expect("artifact builds"));
+    let artifact = Arc::new(
+        build_artifact(&fixture_package(name), &build_options()).expect("artifact builds"),
+    );
     built.push((name, artifact.clone()));
     artifact
 }
@@ -62,11 +72,17 @@ pub struct Deployed {
 pub async fn deploy(artifact: &Artifact, env: &[(&str, &str)], timeout_secs: i32) -> Deployed {
     let moto = Moto::start().await;
     let s3 = moto.s3();
-    s3.create_bucket().bucket(BUCKET).send().await.expect("bucket");
+    s3.create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("bucket");
     s3.put_object()
         .bucket(BUCKET)
         .key(&artifact.s3_key)
-        .body(aws_sdk_s3::primitives::ByteStream::from(artifact.bytes.clone()))
+        .body(aws_sdk_s3::primitives::ByteStream::from(
+            artifact.bytes.clone(),
+        ))
         .send()
         .await
         .expect("artifact uploads");
@@ -98,8 +114,14 @@ pub async fn deploy(artifact: &Artifact, env: &[(&str, &str)], timeout_secs: i32
         .await
         .expect("CreateFunction");
     for _ in 0..50 {
-        let f = lambda.get_function().function_name(&function).send().await.expect("GetFunction");
-        if f.configuration().and_then(|c| c.state()) == Some(&aws_sdk_lambda::types::State::Active) {
+        let f = lambda
+            .get_function()
+            .function_name(&function)
+            .send()
+            .await
+            .expect("GetFunction");
+        if f.configuration().and_then(|c| c.state()) == Some(&aws_sdk_lambda::types::State::Active)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -112,11 +134,23 @@ pub async fn deploy(artifact: &Artifact, env: &[(&str, &str)], timeout_secs: i32
         .expect("PublishVersion")
         .version
         .expect("a version");
-    Deployed { moto, emulator, lambda, function, version }
+    Deployed {
+        moto,
+        emulator,
+        lambda,
+        function,
+        version,
+    }
 }
 
 /// A session request line for a tool of the deployed plugin.
-pub fn tool_request(session_id: &str, provider: &str, tool: &str, params: Value, context: Value) -> Value {
+pub fn tool_request(
+    session_id: &str,
+    provider: &str,
+    tool: &str,
+    params: Value,
+    context: Value,
+) -> Value {
     json!({
         "session_id": session_id,
         "conversation_id": null,
@@ -146,7 +180,9 @@ impl Deployed {
             .invoke_with_response_stream()
             .function_name(&self.function)
             .qualifier(&self.version)
-            .payload(aws_sdk_lambda::primitives::Blob::new(serde_json::to_vec(payload).unwrap()))
+            .payload(aws_sdk_lambda::primitives::Blob::new(
+                serde_json::to_vec(payload).unwrap(),
+            ))
             .send()
             .await
             .expect("InvokeWithResponseStream");
@@ -160,6 +196,9 @@ pub fn lines(chunks: &[Bytes]) -> Vec<Value> {
     super::strip_prelude(&body)
         .split(|b| *b == b'\n')
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l))))
+        .map(|l| {
+            serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(l)))
+        })
         .collect()
 }

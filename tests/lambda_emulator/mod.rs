@@ -12,7 +12,8 @@
 //!   managed Python runtime would start an `AWS_LAMBDA_EXEC_WRAPPER` (the
 //!   runtime's interpreter command as arguments), with a Runtime API of its
 //!   own. The response stream comes back as AWS event-stream frames
-//!   (`PayloadChunk`… `InvokeComplete`), the bytes exactly as the bootstrap
+//!   (`PayloadChunk`… `InvokeComplete`; routes `POST /2015-03-31/functions/{name}/invocations`
+//!   and `POST /2021-11-15/functions/{name}/response-streaming-invocations`), the bytes exactly as the bootstrap
 //!   wrote them (including `lambda_runtime`'s metadata prelude, as AWS does).
 //!   One execution environment per function version, kept warm; invocations
 //!   of one version queue on it (AWS would start more environments).
@@ -30,17 +31,20 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_smithy_types::event_stream::{Header, HeaderValue as EsValue, Message};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use aws_smithy_types::event_stream::{Header, HeaderValue as EsValue, Message};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
+
+/// Lambda's budget for an execution environment's init phase.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The region the doubles answer for.
 pub const REGION: &str = "us-east-1";
@@ -83,18 +87,23 @@ struct FunctionRecord {
 
 /// What the runtime side reports about one invocation.
 enum InvocationEvent {
+    /// The runtime took the invocation from `/next`: the timeout starts.
+    Delivered,
     /// The bootstrap began its response (with its Content-Type).
     Started(String),
     Chunk(Bytes),
     Done,
     /// The function failed (`/error`, or the environment died or timed out).
-    Failed { code: String, details: String },
+    Failed {
+        code: String,
+        details: String,
+    },
 }
 
 struct Invocation {
     id: String,
     payload: Bytes,
-    deadline_ms: u64,
+    timeout: Duration,
     arn: String,
     events: mpsc::Sender<InvocationEvent>,
 }
@@ -186,12 +195,30 @@ impl LambdaEmulator {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { url, shared, server }
+        Self {
+            url,
+            shared,
+            server,
+        }
     }
 
-    /// An aws-sdk-lambda client for this emulator.
+    /// An aws-sdk-lambda client for this emulator (the SDK's standard
+    /// retries on).
     pub fn client(&self) -> aws_sdk_lambda::Client {
+        self.client_with(aws_sdk_lambda::config::retry::RetryConfig::standard())
+    }
+
+    /// A client that makes exactly one attempt per call.
+    pub fn client_without_retries(&self) -> aws_sdk_lambda::Client {
+        self.client_with(aws_sdk_lambda::config::retry::RetryConfig::disabled())
+    }
+
+    fn client_with(
+        &self,
+        retry: aws_sdk_lambda::config::retry::RetryConfig,
+    ) -> aws_sdk_lambda::Client {
         let config = aws_sdk_lambda::Config::builder()
+            .retry_config(retry)
             .behavior_version_latest()
             .region(aws_sdk_lambda::config::Region::new(REGION))
             .endpoint_url(&self.url)
@@ -204,7 +231,11 @@ impl LambdaEmulator {
 
     /// Makes the next invoke calls fail, in order.
     pub fn inject(&self, faults: &[Fault]) {
-        self.shared.faults.lock().unwrap().extend(faults.iter().copied());
+        self.shared
+            .faults
+            .lock()
+            .unwrap()
+            .extend(faults.iter().copied());
     }
 
     /// Every output line of every bootstrap started so far.
@@ -215,14 +246,21 @@ impl LambdaEmulator {
     /// Pids of the running bootstraps (one per warm environment).
     pub fn bootstrap_pids(&self) -> Vec<u32> {
         let envs = self.shared.envs.lock().unwrap();
-        let mut pids: Vec<u32> = envs.values().filter(|e| !*e.exited.borrow()).map(|e| e.pid).collect();
+        let mut pids: Vec<u32> = envs
+            .values()
+            .filter(|e| !*e.exited.borrow())
+            .map(|e| e.pid)
+            .collect();
         pids.sort_unstable();
         pids
     }
 
     /// Pids of the plugin processes the bootstraps run.
     pub fn plugin_pids(&self) -> Vec<u32> {
-        self.bootstrap_pids().into_iter().flat_map(tools::child_pids).collect()
+        self.bootstrap_pids()
+            .into_iter()
+            .flat_map(tools::child_pids)
+            .collect()
     }
 
     /// Stops every warm environment: the next call starts cold.
@@ -248,20 +286,29 @@ impl LambdaEmulator {
 async fn front(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
     let is_invoke = req.method() == Method::POST
         && segments.len() == 4
-        && segments[0] == "2015-03-31"
         && segments[1] == "functions"
-        && (segments[3] == "invocations" || segments[3] == "response-streaming-invocations");
+        && ((segments[0] == "2015-03-31" && segments[3] == "invocations")
+            || (segments[0] == "2021-11-15" && segments[3] == "response-streaming-invocations"));
     if is_invoke {
         let streaming = segments[3] == "response-streaming-invocations";
         let qualifier = query_param(&query, "Qualifier");
         let (name, qualifier) = function_name(&segments[2], qualifier);
-        let body = match axum::body::to_bytes(req.into_body(), 7 * 1024 * 1024).await {
-            Ok(b) => b,
-            Err(_) => return aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", "Request must be smaller than 6291456 bytes for the InvokeFunction operation"),
-        };
+        let body =
+            match axum::body::to_bytes(req.into_body(), 7 * 1024 * 1024).await {
+                Ok(b) => b,
+                Err(_) => return aws_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    "Request must be smaller than 6291456 bytes for the InvokeFunction operation",
+                ),
+            };
         return invoke(shared, name, qualifier, body, streaming).await;
     }
     proxy(shared, req, segments, query).await
@@ -304,13 +351,23 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let mut res = (status, axum::Json(json!({"Type": "Service", "message": message, "Message": message}))).into_response();
-    res.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_str(kind).unwrap());
+    let mut res = (
+        status,
+        axum::Json(json!({"Type": "Service", "message": message, "Message": message})),
+    )
+        .into_response();
+    res.headers_mut()
+        .insert("x-amzn-ErrorType", HeaderValue::from_str(kind).unwrap());
     res
 }
 
 /// Forwards a control-plane call to moto and records what it defines.
-async fn proxy(shared: Arc<Shared>, req: Request, segments: Vec<String>, query: String) -> Response {
+async fn proxy(
+    shared: Arc<Shared>,
+    req: Request,
+    segments: Vec<String>,
+    query: String,
+) -> Response {
     let method = req.method().clone();
     let headers = req.headers().clone();
     let uri = req.uri().clone();
@@ -318,7 +375,11 @@ async fn proxy(shared: Arc<Shared>, req: Request, segments: Vec<String>, query: 
         Ok(b) => b,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let url = format!("{}{}", shared.moto, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let url = format!(
+        "{}{}",
+        shared.moto,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
     let mut out = shared.http.request(method.clone(), url).body(body.clone());
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {
@@ -337,7 +398,10 @@ async fn proxy(shared: Arc<Shared>, req: Request, segments: Vec<String>, query: 
         }
     }
     let res_body = answer.bytes().await.unwrap_or_default();
-    if status.is_success() && segments.first().map(String::as_str) == Some("2015-03-31") && segments.get(1).map(String::as_str) == Some("functions") {
+    if status.is_success()
+        && segments.first().map(String::as_str) == Some("2015-03-31")
+        && segments.get(1).map(String::as_str) == Some("functions")
+    {
         record(&shared, &method, &segments, &query, &body, &res_body);
     }
     let mut res = Response::new(Body::from(res_body));
@@ -347,7 +411,14 @@ async fn proxy(shared: Arc<Shared>, req: Request, segments: Vec<String>, query: 
 }
 
 /// Remembers code and configuration from a successful control-plane call.
-fn record(shared: &Shared, method: &Method, segments: &[String], query: &str, body: &[u8], answer: &[u8]) {
+fn record(
+    shared: &Shared,
+    method: &Method,
+    segments: &[String],
+    query: &str,
+    body: &[u8],
+    answer: &[u8],
+) {
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let answer: Value = serde_json::from_slice(answer).unwrap_or(Value::Null);
     let next_revision = || {
@@ -359,9 +430,13 @@ fn record(shared: &Shared, method: &Method, segments: &[String], query: &str, bo
     match (method.as_str(), segments.len()) {
         // CreateFunction
         ("POST", 2) => {
-            let Some(name) = request["FunctionName"].as_str() else { return };
+            let Some(name) = request["FunctionName"].as_str() else {
+                return;
+            };
             let (name, _) = function_name(name, None);
-            let Some(code) = code_of(&request["Code"]) else { return };
+            let Some(code) = code_of(&request["Code"]) else {
+                return;
+            };
             let config = FunctionConfig {
                 code,
                 env: env_of(&request),
@@ -395,8 +470,12 @@ fn record(shared: &Shared, method: &Method, segments: &[String], query: &str, bo
         // UpdateFunctionCode, UpdateFunctionConfiguration, PublishVersion
         (m, 4) => {
             let (name, _) = function_name(&segments[2], None);
-            let Some(record) = functions.get_mut(&name) else { return };
-            let Some(latest) = record.latest.as_mut() else { return };
+            let Some(record) = functions.get_mut(&name) else {
+                return;
+            };
+            let Some(latest) = record.latest.as_mut() else {
+                return;
+            };
             match (m, segments[3].as_str()) {
                 ("PUT", "code") => {
                     if let Some(code) = code_of(&request) {
@@ -437,7 +516,10 @@ fn record(shared: &Shared, method: &Method, segments: &[String], query: &str, bo
 
 fn code_of(code: &Value) -> Option<Code> {
     if let (Some(bucket), Some(key)) = (code["S3Bucket"].as_str(), code["S3Key"].as_str()) {
-        return Some(Code::S3 { bucket: bucket.to_owned(), key: key.to_owned() });
+        return Some(Code::S3 {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        });
     }
     let zip = code["ZipFile"].as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(zip).ok()?;
@@ -447,20 +529,42 @@ fn code_of(code: &Value) -> Option<Code> {
 fn env_of(request: &Value) -> BTreeMap<String, String> {
     request["Environment"]["Variables"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Serves one Invoke or InvokeWithResponseStream call.
-async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: Bytes, streaming: bool) -> Response {
+async fn invoke(
+    shared: Arc<Shared>,
+    name: String,
+    qualifier: String,
+    payload: Bytes,
+    streaming: bool,
+) -> Response {
     if let Some(fault) = shared.faults.lock().unwrap().pop_front() {
         return match fault {
-            Fault::Throttle => aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", "Rate Exceeded."),
-            Fault::ServiceError => aws_error(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", "An internal error occurred."),
+            Fault::Throttle => aws_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                "Rate Exceeded.",
+            ),
+            Fault::ServiceError => aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "An internal error occurred.",
+            ),
         };
     }
     if payload.len() > 6 * 1024 * 1024 {
-        return aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", "Request must be smaller than 6291456 bytes for the InvokeFunction operation");
+        return aws_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            "Request must be smaller than 6291456 bytes for the InvokeFunction operation",
+        );
     }
     let arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}");
     let config = {
@@ -473,24 +577,41 @@ async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: B
         }
     };
     let Some(config) = config else {
-        return aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &format!("Function not found: {arn}:{qualifier}"));
+        return aws_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &format!("Function not found: {arn}:{qualifier}"),
+        );
     };
-    shared.invocations.lock().unwrap().push(format!("{name}:{qualifier}"));
+    shared
+        .invocations
+        .lock()
+        .unwrap()
+        .push(format!("{name}:{qualifier}"));
     let env = match exec_env(&shared, &name, &qualifier, &config).await {
         Ok(env) => env,
-        Err(e) => return aws_error(StatusCode::BAD_GATEWAY, "ServiceException", &format!("cannot start the execution environment: {e}")),
+        Err(e) => {
+            return aws_error(
+                StatusCode::BAD_GATEWAY,
+                "ServiceException",
+                &format!("cannot start the execution environment: {e}"),
+            )
+        }
     };
     let (events_tx, mut events) = mpsc::channel(64);
-    let deadline = SystemTime::now() + config.timeout;
     let invocation = Invocation {
         id: uuid::Uuid::new_v4().to_string(),
         payload,
-        deadline_ms: deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
+        timeout: config.timeout,
         arn: format!("{arn}:{qualifier}"),
         events: events_tx,
     };
     if env.queue.send(invocation).await.is_err() {
-        return aws_error(StatusCode::BAD_GATEWAY, "ServiceException", "the execution environment is gone");
+        return aws_error(
+            StatusCode::BAD_GATEWAY,
+            "ServiceException",
+            "the execution environment is gone",
+        );
     }
     // Watches the invocation: the function's timeout and the bootstrap's
     // death end it as AWS would, and the environment is dropped.
@@ -500,11 +621,15 @@ async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: B
     let watcher_shared = shared.clone();
     let mut exited = env.exited.clone();
     tokio::spawn(async move {
-        let sleep = tokio::time::sleep(timeout);
+        // Until the runtime takes the invocation, AWS's init budget applies.
+        let sleep = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
+                    Some(InvocationEvent::Delivered) => {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    }
                     Some(ev) => {
                         let last = matches!(ev, InvocationEvent::Done | InvocationEvent::Failed { .. });
                         if tx.send(ev).await.is_err() || last {
@@ -519,7 +644,7 @@ async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: B
                     let _ = tx.send(InvocationEvent::Failed { code: "Sandbox.Timedout".into(), details }).await;
                     return;
                 }
-                _ = exited.wait_for(|e| *e) => {
+                _ = async { exited.wait_for(|e| *e).await.is_ok() } => {
                     drop_env(&watcher_shared, &key);
                     let _ = tx.send(InvocationEvent::Failed { code: "Runtime.ExitError".into(), details: "the runtime exited".into() }).await;
                     return;
@@ -537,26 +662,37 @@ async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: B
         None => {}
     }
     if streaming {
-        let stream = futures::stream::unfold((first, rx, false), |(mut first, mut rx, done)| async move {
-            if done {
-                return None;
-            }
-            let ev = match first.take() {
-                Some(ev) => Some(ev),
-                None => rx.recv().await,
-            };
-            let (frame, done) = match ev {
-                Some(InvocationEvent::Chunk(b)) => (payload_chunk(b), false),
-                Some(InvocationEvent::Started(_)) => (Bytes::new(), false),
-                Some(InvocationEvent::Done) | None => (invoke_complete(None), true),
-                Some(InvocationEvent::Failed { code, details }) => (invoke_complete(Some((code, details))), true),
-            };
-            Some((Ok::<Bytes, std::io::Error>(frame), (first, rx, done)))
-        });
+        let stream =
+            futures::stream::unfold((first, rx, false), |(mut first, mut rx, done)| async move {
+                if done {
+                    return None;
+                }
+                let ev = match first.take() {
+                    Some(ev) => Some(ev),
+                    None => rx.recv().await,
+                };
+                let (frame, done) = match ev {
+                    Some(InvocationEvent::Chunk(b)) => (payload_chunk(b), false),
+                    Some(InvocationEvent::Started(_)) | Some(InvocationEvent::Delivered) => {
+                        (Bytes::new(), false)
+                    }
+                    Some(InvocationEvent::Done) | None => (invoke_complete(None), true),
+                    Some(InvocationEvent::Failed { code, details }) => {
+                        (invoke_complete(Some((code, details))), true)
+                    }
+                };
+                Some((Ok::<Bytes, std::io::Error>(frame), (first, rx, done)))
+            });
         let mut res = Response::new(Body::from_stream(stream));
         let h = res.headers_mut();
-        h.insert("Content-Type", HeaderValue::from_str(&content_type).unwrap());
-        h.insert("X-Amz-Executed-Version", HeaderValue::from_str(&qualifier).unwrap());
+        h.insert(
+            "Content-Type",
+            HeaderValue::from_str(&content_type).unwrap(),
+        );
+        h.insert(
+            "X-Amz-Executed-Version",
+            HeaderValue::from_str(&qualifier).unwrap(),
+        );
         return res;
     }
     let mut body = BytesMut::new();
@@ -569,7 +705,7 @@ async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: B
         };
         match ev {
             Some(InvocationEvent::Chunk(b)) => body.extend_from_slice(&b),
-            Some(InvocationEvent::Started(_)) => {}
+            Some(InvocationEvent::Started(_)) | Some(InvocationEvent::Delivered) => {}
             Some(InvocationEvent::Done) | None => break,
             Some(InvocationEvent::Failed { code, details }) => {
                 error = Some(code);
@@ -580,32 +716,61 @@ async fn invoke(shared: Arc<Shared>, name: String, qualifier: String, payload: B
     }
     let mut res = Response::new(Body::from(body.freeze()));
     let h = res.headers_mut();
-    h.insert("Content-Type", HeaderValue::from_str(&content_type).unwrap());
-    h.insert("X-Amz-Executed-Version", HeaderValue::from_str(&qualifier).unwrap());
+    h.insert(
+        "Content-Type",
+        HeaderValue::from_str(&content_type).unwrap(),
+    );
+    h.insert(
+        "X-Amz-Executed-Version",
+        HeaderValue::from_str(&qualifier).unwrap(),
+    );
     if let Some(code) = error {
         tracing::debug!("function error {code}");
-        h.insert("X-Amz-Function-Error", HeaderValue::from_static("Unhandled"));
+        h.insert(
+            "X-Amz-Function-Error",
+            HeaderValue::from_static("Unhandled"),
+        );
     }
     res
 }
 
 fn payload_chunk(bytes: Bytes) -> Bytes {
     let message = Message::new(bytes)
-        .add_header(Header::new(":message-type", EsValue::String("event".into())))
-        .add_header(Header::new(":event-type", EsValue::String("PayloadChunk".into())))
-        .add_header(Header::new(":content-type", EsValue::String("application/octet-stream".into())));
+        .add_header(Header::new(
+            ":message-type",
+            EsValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            EsValue::String("PayloadChunk".into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            EsValue::String("application/octet-stream".into()),
+        ));
     frame(&message)
 }
 
 fn invoke_complete(error: Option<(String, String)>) -> Bytes {
     let body = match error {
-        Some((code, details)) => json!({"ErrorCode": code, "ErrorDetails": details, "LogResult": ""}),
+        Some((code, details)) => {
+            json!({"ErrorCode": code, "ErrorDetails": details, "LogResult": ""})
+        }
         None => json!({}),
     };
     let message = Message::new(Bytes::from(body.to_string()))
-        .add_header(Header::new(":message-type", EsValue::String("event".into())))
-        .add_header(Header::new(":event-type", EsValue::String("InvokeComplete".into())))
-        .add_header(Header::new(":content-type", EsValue::String("application/json".into())));
+        .add_header(Header::new(
+            ":message-type",
+            EsValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            EsValue::String("InvokeComplete".into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            EsValue::String("application/json".into()),
+        ));
     frame(&message)
 }
 
@@ -623,7 +788,12 @@ fn drop_env(shared: &Shared, key: &str) {
 
 /// The warm environment of a function version, started when missing, dead
 /// or built from older code.
-async fn exec_env(shared: &Arc<Shared>, name: &str, qualifier: &str, config: &FunctionConfig) -> Result<Arc<ExecEnv>, String> {
+async fn exec_env(
+    shared: &Arc<Shared>,
+    name: &str,
+    qualifier: &str,
+    config: &FunctionConfig,
+) -> Result<Arc<ExecEnv>, String> {
     let key = format!("{name}:{qualifier}");
     let _starting = shared.starting.lock().await;
     {
@@ -654,7 +824,10 @@ async fn exec_env(shared: &Arc<Shared>, name: &str, qualifier: &str, config: &Fu
             .into_bytes()
             .to_vec(),
     };
-    let dir = tempfile::Builder::new().prefix("lambda-task-").tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix("lambda-task-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
     let task = dir.path().join("task");
     unpack(&zip, &task)?;
     let env = start_env(shared, &key, name, qualifier, config, dir, &task).await?;
@@ -677,7 +850,8 @@ fn unpack(zip: &[u8], dest: &Path) -> Result<(), String> {
         let mut out = std::fs::File::create(&path).map_err(|e| e.to_string())?;
         std::io::copy(&mut file, &mut out).map_err(|e| e.to_string())?;
         let mode = file.unix_mode().unwrap_or(0o644) & 0o777;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -707,9 +881,13 @@ async fn start_env(
         init_error: Mutex::default(),
         times: shared.runtime_times.clone(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let runtime_api = listener.local_addr().unwrap().to_string();
-    let app = axum::Router::new().fallback(runtime_route).with_state(api.clone());
+    let app = axum::Router::new()
+        .fallback(runtime_route)
+        .with_state(api.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -751,11 +929,19 @@ async fn start_env(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", wrapper.display()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{}: {e}", wrapper.display()))?;
     let pid = child.id().unwrap_or_default();
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
     ]
     .into_iter()
     .flatten()
@@ -807,13 +993,33 @@ async fn runtime_route(State(api): State<Arc<RuntimeApi>>, req: Request) -> Resp
             let Some(inv) = invocation else {
                 return StatusCode::GONE.into_response();
             };
-            api.inflight.lock().unwrap().insert(inv.id.clone(), (inv.events, std::time::Instant::now()));
+            // AWS starts the function's timeout when the runtime takes the
+            // invocation; the init phase before it has its own budget.
+            let deadline = SystemTime::now() + inv.timeout;
+            let deadline_ms = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+            let _ = inv.events.send(InvocationEvent::Delivered).await;
+            api.inflight
+                .lock()
+                .unwrap()
+                .insert(inv.id.clone(), (inv.events, std::time::Instant::now()));
             let mut res = Response::new(Body::from(inv.payload));
             let h = res.headers_mut();
-            h.insert("Lambda-Runtime-Aws-Request-Id", HeaderValue::from_str(&inv.id).unwrap());
-            h.insert("Lambda-Runtime-Deadline-Ms", HeaderValue::from_str(&inv.deadline_ms.to_string()).unwrap());
-            h.insert("Lambda-Runtime-Invoked-Function-Arn", HeaderValue::from_str(&inv.arn).unwrap());
-            h.insert("Lambda-Runtime-Trace-Id", HeaderValue::from_static("Root=1-00000000-000000000000000000000000;Sampled=0"));
+            h.insert(
+                "Lambda-Runtime-Aws-Request-Id",
+                HeaderValue::from_str(&inv.id).unwrap(),
+            );
+            h.insert(
+                "Lambda-Runtime-Deadline-Ms",
+                HeaderValue::from_str(&deadline_ms.to_string()).unwrap(),
+            );
+            h.insert(
+                "Lambda-Runtime-Invoked-Function-Arn",
+                HeaderValue::from_str(&inv.arn).unwrap(),
+            );
+            h.insert(
+                "Lambda-Runtime-Trace-Id",
+                HeaderValue::from_static("Root=1-00000000-000000000000000000000000;Sampled=0"),
+            );
             h.insert("Content-Type", HeaderValue::from_static("application/json"));
             res
         }
@@ -837,7 +1043,10 @@ async fn runtime_route(State(api): State<Arc<RuntimeApi>>, req: Request) -> Resp
                     }
                     Err(e) => {
                         let _ = events
-                            .send(InvocationEvent::Failed { code: "Runtime.StreamError".into(), details: e.to_string() })
+                            .send(InvocationEvent::Failed {
+                                code: "Runtime.StreamError".into(),
+                                details: e.to_string(),
+                            })
                             .await;
                         return StatusCode::ACCEPTED.into_response();
                     }
@@ -851,7 +1060,9 @@ async fn runtime_route(State(api): State<Arc<RuntimeApi>>, req: Request) -> Resp
             let Some((events, _)) = api.inflight.lock().unwrap().remove(*id) else {
                 return StatusCode::BAD_REQUEST.into_response();
             };
-            let body = axum::body::to_bytes(req.into_body(), 1024 * 1024).await.unwrap_or_default();
+            let body = axum::body::to_bytes(req.into_body(), 1024 * 1024)
+                .await
+                .unwrap_or_default();
             let _ = events
                 .send(InvocationEvent::Failed {
                     code: "Unhandled".into(),
@@ -861,7 +1072,9 @@ async fn runtime_route(State(api): State<Arc<RuntimeApi>>, req: Request) -> Resp
             StatusCode::ACCEPTED.into_response()
         }
         ("POST", ["2018-06-01", "runtime", "init", "error"]) => {
-            let body = axum::body::to_bytes(req.into_body(), 1024 * 1024).await.unwrap_or_default();
+            let body = axum::body::to_bytes(req.into_body(), 1024 * 1024)
+                .await
+                .unwrap_or_default();
             *api.init_error.lock().unwrap() = Some(String::from_utf8_lossy(&body).into_owned());
             StatusCode::ACCEPTED.into_response()
         }
@@ -877,7 +1090,12 @@ pub async fn read_stream(
     use aws_sdk_lambda::types::InvokeWithResponseStreamResponseEvent as Ev;
     let mut chunks = Vec::new();
     let mut error = None;
-    while let Some(event) = output.event_stream.recv().await.expect("event stream reads") {
+    while let Some(event) = output
+        .event_stream
+        .recv()
+        .await
+        .expect("event stream reads")
+    {
         match event {
             Ev::PayloadChunk(chunk) => {
                 if let Some(p) = chunk.payload {

@@ -100,7 +100,14 @@ impl Moto {
         let python = tool_var("TOOLS_PYTHON");
         let port = free_port();
         let child = tokio::process::Command::new(python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,8 +180,13 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
         return out;
     };
     for task in tasks.flatten() {
-        let children = std::fs::read_to_string(Path::new(&task.path()).join("children")).unwrap_or_default();
-        out.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        let children =
+            std::fs::read_to_string(Path::new(&task.path()).join("children")).unwrap_or_default();
+        out.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     out.sort_unstable();
     out.dedup();

@@ -26,7 +26,9 @@ pub const SESSION_HEADER: &str = "Dify-Plugin-Session-ID";
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The payload carried no daemon URL or token.
-    #[error("backwards invocation is not available: the invocation carried no daemon URL and token")]
+    #[error(
+        "backwards invocation is not available: the invocation carried no daemon URL and token"
+    )]
     NoTarget,
     /// The daemon could not be reached or the reply broke off.
     #[error("backwards invocation transport failed: {0}")]
@@ -112,7 +114,8 @@ async fn relay(
     loop {
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line = buf.split_to(pos + 1);
-            if let Some(out) = plugin_line(request, &line[..pos], backwards_request_id, &mut ended) {
+            if let Some(out) = plugin_line(request, &line[..pos], backwards_request_id, &mut ended)
+            {
                 stdin.send(out).await.map_err(|_| BridgeError::PluginGone)?;
             }
         }
@@ -148,7 +151,11 @@ fn plugin_line(
         return None;
     };
     let whole = obj.get("event").and_then(Value::as_str) == Some("backwards_response");
-    let data = if whole { obj.get("data") } else { Some(&Value::Object(obj.clone())) };
+    let data = if whole {
+        obj.get("data")
+    } else {
+        Some(&Value::Object(obj.clone()))
+    };
     let data = data.cloned().unwrap_or(Value::Null);
     if data.get("event").and_then(Value::as_str) == Some("end")
         && data.get("backwards_request_id").and_then(Value::as_str) == Some(backwards_request_id)
@@ -169,8 +176,10 @@ mod tests {
     use super::*;
 
     fn request() -> SessionRequest {
-        SessionRequest::parse(json!({"session_id": "s1", "context": {}, "event": "request", "data": {}}))
-            .unwrap()
+        SessionRequest::parse(
+            json!({"session_id": "s1", "context": {}, "event": "request", "data": {}}),
+        )
+        .unwrap()
     }
 
     #[test]

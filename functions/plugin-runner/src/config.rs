@@ -157,7 +157,11 @@ mod tests {
         let root = dir.to_str().unwrap().to_string();
         let cfg = RunnerConfig::load(
             env_of(&[("LAMBDA_TASK_ROOT", &root)]),
-            &["/var/lang/bin/python3.12".into(), "-u".into(), "/var/runtime/bootstrap.py".into()],
+            &[
+                "/var/lang/bin/python3.12".into(),
+                "-u".into(),
+                "/var/runtime/bootstrap.py".into(),
+            ],
         )
         .unwrap();
         assert_eq!(cfg.python, PathBuf::from("/var/lang/bin/python3.12"));
@@ -169,11 +173,17 @@ mod tests {
     #[test]
     fn artifact_file_names_the_entrypoint_and_env_wins() {
         let dir = tempfile_dir();
-        std::fs::write(dir.join(ARTIFACT_FILE), r#"{"entrypoint":"plugin_main","arch":"x86_64"}"#)
-            .unwrap();
+        std::fs::write(
+            dir.join(ARTIFACT_FILE),
+            r#"{"entrypoint":"plugin_main","arch":"x86_64"}"#,
+        )
+        .unwrap();
         let root = dir.to_str().unwrap().to_string();
         let cfg = RunnerConfig::load(
-            env_of(&[("LAMBDA_TASK_ROOT", &root), ("PLUGIN_MAX_EXECUTION_TIMEOUT", "2.5")]),
+            env_of(&[
+                ("LAMBDA_TASK_ROOT", &root),
+                ("PLUGIN_MAX_EXECUTION_TIMEOUT", "2.5"),
+            ]),
             &["/opt/bin/bootstrap".into()],
         )
         .unwrap();
@@ -196,11 +206,17 @@ mod tests {
     #[test]
     fn bad_timeouts_are_refused() {
         let err = RunnerConfig::load(
-            env_of(&[("PLUGIN_RUNNER_ENTRYPOINT", "main"), ("PLUGIN_MAX_EXECUTION_TIMEOUT", "soon")]),
+            env_of(&[
+                ("PLUGIN_RUNNER_ENTRYPOINT", "main"),
+                ("PLUGIN_MAX_EXECUTION_TIMEOUT", "soon"),
+            ]),
             &[],
         )
         .unwrap_err();
-        assert!(err.to_string().contains("PLUGIN_MAX_EXECUTION_TIMEOUT"), "{err}");
+        assert!(
+            err.to_string().contains("PLUGIN_MAX_EXECUTION_TIMEOUT"),
+            "{err}"
+        );
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -38,6 +38,7 @@ pub struct Job {
 #[derive(Clone)]
 pub struct HostHandle {
     jobs: mpsc::Sender<Job>,
+    started: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a job could not be handed over.
@@ -50,20 +51,28 @@ impl HostHandle {
     pub async fn submit(&self, job: Job) -> Result<(), HostStopped> {
         self.jobs.send(job).await.map_err(|_| HostStopped)
     }
+
+    /// Resolves once the start-up attempt made by `start` is over (ready or
+    /// failed; a failed start is retried by the first invocation).
+    pub async fn started(&self) {
+        let mut started = self.started.clone();
+        let _ = started.wait_for(|s| *s).await;
+    }
 }
 
 /// Starts the host task. Nothing is spawned until the first invocation
 /// unless `prestart` asks for it (a warm child before the first request).
 pub fn start(config: RunnerConfig, http: reqwest::Client, prestart: bool) -> HostHandle {
     let (jobs, rx) = mpsc::channel(1);
+    let (started_tx, started) = tokio::sync::watch::channel(!prestart);
     let host = Host {
         config: Arc::new(config),
         http,
         child: None,
         jobs: rx,
     };
-    tokio::spawn(host.run(prestart));
-    HostHandle { jobs }
+    tokio::spawn(host.run(prestart, started_tx));
+    HostHandle { jobs, started }
 }
 
 struct Host {
@@ -153,13 +162,14 @@ enum Outcome {
 }
 
 impl Host {
-    async fn run(mut self, prestart: bool) {
+    async fn run(mut self, prestart: bool, started: tokio::sync::watch::Sender<bool>) {
         if prestart {
             let deadline = Instant::now() + self.config.startup_timeout;
             match self.spawn_ready(deadline).await {
                 Ok(running) => self.child = Some(running),
                 Err(e) => tracing::warn!("plugin did not start ahead of the first invocation: {e}"),
             }
+            let _ = started.send(true);
         }
         loop {
             let idle = async {
@@ -237,10 +247,20 @@ impl Host {
     }
 
     /// Writes the request and relays the session until it ends.
-    async fn relay(&mut self, request: &Arc<SessionRequest>, deadline: Instant, out: &mpsc::Sender<Bytes>) -> Outcome {
+    async fn relay(
+        &mut self,
+        request: &Arc<SessionRequest>,
+        deadline: Instant,
+        out: &mpsc::Sender<Bytes>,
+    ) -> Outcome {
         let running = self.child.as_mut().expect("started above");
         let sid = request.session_id.as_str();
-        if running.stdin.send(Bytes::from(request.line.clone())).await.is_err() {
+        if running
+            .stdin
+            .send(Bytes::from(request.line.clone()))
+            .await
+            .is_err()
+        {
             return Outcome::Died;
         }
         let sleep = tokio::time::sleep_until(deadline);
@@ -263,7 +283,9 @@ impl Host {
                             return Outcome::Done;
                         }
                     }
-                    PluginLine::Invoke { backwards_request_id } => {
+                    PluginLine::Invoke {
+                        backwards_request_id,
+                    } => {
                         tokio::spawn(backwards::bridge(
                             self.http.clone(),
                             request.clone(),
@@ -274,7 +296,9 @@ impl Host {
                     }
                     _ => log_line(&line, sid),
                 },
-                ChildEvent::Stderr(line) => tracing::info!(target: "plugin", session_id = sid, "{line}"),
+                ChildEvent::Stderr(line) => {
+                    tracing::info!(target: "plugin", session_id = sid, "{line}")
+                }
                 ChildEvent::Closed => return Outcome::Died,
             }
         }
@@ -300,7 +324,11 @@ impl Host {
         };
         match tokio::time::timeout_at(deadline, ready).await {
             Ok(true) => {
-                tracing::info!(pid, ready_ms = started.elapsed().as_millis() as u64, "plugin ready");
+                tracing::info!(
+                    pid,
+                    ready_ms = started.elapsed().as_millis() as u64,
+                    "plugin ready"
+                );
                 Ok(running)
             }
             Ok(false) => {
@@ -370,7 +398,10 @@ fn spawn(config: &RunnerConfig) -> Result<Running, StartError> {
         pid,
         stdin: tx,
         stdout: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE)),
-        stderr: Some(FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE))),
+        stderr: Some(FramedRead::new(
+            stderr,
+            LinesCodec::new_with_max_length(MAX_LINE),
+        )),
     })
 }
 

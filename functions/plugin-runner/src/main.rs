@@ -59,9 +59,11 @@ async fn main() -> Result<(), Error> {
         .connect_timeout(CONNECT_TIMEOUT)
         .build()?;
     let default_timeout = config.execution_timeout;
-    // The child starts during Lambda's init phase, so the first invocation
-    // finds it warm.
+    // The child starts during Lambda's init phase (the Runtime API is polled
+    // only once it is ready), so its start-up counts against the init budget,
+    // not against the first invocation's timeout.
     let host = host::start(config, http, true);
+    host.started().await;
     lambda_runtime::run(service_fn(move |event| {
         let host = host.clone();
         async move { handle(&host, default_timeout, event).await }

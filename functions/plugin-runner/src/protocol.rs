@@ -69,8 +69,12 @@ impl SessionRequest {
         let mut token = None;
         let mut timeout = None;
         if let Some(Value::Object(ctx)) = request.get_mut("context") {
-            url = ctx.remove(CTX_URL).and_then(|v| v.as_str().map(str::to_owned));
-            token = ctx.remove(CTX_TOKEN).and_then(|v| v.as_str().map(str::to_owned));
+            url = ctx
+                .remove(CTX_URL)
+                .and_then(|v| v.as_str().map(str::to_owned));
+            token = ctx
+                .remove(CTX_TOKEN)
+                .and_then(|v| v.as_str().map(str::to_owned));
             timeout = ctx
                 .remove(CTX_TIMEOUT)
                 .and_then(|v| v.as_f64())
@@ -95,7 +99,8 @@ impl SessionRequest {
         ] {
             envelope.insert(key.into(), request.get(key).cloned().unwrap_or(Value::Null));
         }
-        let mut line = serde_json::to_vec(&Value::Object(request)).expect("a JSON value serializes");
+        let mut line =
+            serde_json::to_vec(&Value::Object(request)).expect("a JSON value serializes");
         line.push(b'\n');
         Ok(Self {
             session_id,
@@ -147,7 +152,11 @@ pub fn classify(line: &str, session_id: &str) -> PluginLine {
             let data = obj.get("data");
             let field = |k: &str| {
                 data.and_then(|d| d.get(k))
-                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
                     .unwrap_or_default()
             };
             PluginLine::Log {
@@ -158,7 +167,11 @@ pub fn classify(line: &str, session_id: &str) -> PluginLine {
         "error" => PluginLine::PluginError(
             obj.get("data")
                 .and_then(|d| d.get("error"))
-                .map(|e| e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()))
+                .map(|e| {
+                    e.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| e.to_string())
+                })
                 .unwrap_or_else(|| line.to_owned()),
         ),
         "session" if obj.get("session_id").and_then(Value::as_str) == Some(session_id) => {
@@ -216,7 +229,10 @@ mod tests {
         assert_eq!(req.session_id, "s1");
         assert_eq!(
             req.backwards,
-            Some(BackwardsTarget { url: "http://d:5002".into(), token: "t0k".into() })
+            Some(BackwardsTarget {
+                url: "http://d:5002".into(),
+                token: "t0k".into()
+            })
         );
         assert_eq!(req.timeout, Some(Duration::from_secs(3)));
         assert_eq!(*req.line.last().unwrap(), b'\n');
@@ -228,7 +244,10 @@ mod tests {
 
     #[test]
     fn payloads_without_a_session_are_refused() {
-        assert!(matches!(SessionRequest::parse(json!([1])), Err(PayloadError::NotObject)));
+        assert!(matches!(
+            SessionRequest::parse(json!([1])),
+            Err(PayloadError::NotObject)
+        ));
         assert!(matches!(
             SessionRequest::parse(json!({"event": "request"})),
             Err(PayloadError::NoSession)
@@ -238,7 +257,8 @@ mod tests {
     #[test]
     fn backwards_response_lines_repeat_the_session_fields() {
         let req = SessionRequest::parse(payload()).unwrap();
-        let line = req.backwards_response_line(json!({"backwards_request_id": "b1", "event": "end"}));
+        let line =
+            req.backwards_response_line(json!({"backwards_request_id": "b1", "event": "end"}));
         let line: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(line["event"], "backwards_response");
         assert_eq!(line["session_id"], "s1");
@@ -250,14 +270,27 @@ mod tests {
     #[test]
     fn plugin_lines_are_classified_for_the_current_session() {
         let s = |t: &str, sid: &str| {
-            format!(r#"{{"event":"session","session_id":"{sid}","data":{{"type":"{t}","data":{{"backwards_request_id":"r9"}}}}}}"#)
+            format!(
+                r#"{{"event":"session","session_id":"{sid}","data":{{"type":"{t}","data":{{"backwards_request_id":"r9"}}}}}}"#
+            )
         };
-        assert_eq!(classify(&s("stream", "s1"), "s1"), PluginLine::Relay { last: false });
-        assert_eq!(classify(&s("end", "s1"), "s1"), PluginLine::Relay { last: true });
-        assert_eq!(classify(&s("error", "s1"), "s1"), PluginLine::Relay { last: true });
+        assert_eq!(
+            classify(&s("stream", "s1"), "s1"),
+            PluginLine::Relay { last: false }
+        );
+        assert_eq!(
+            classify(&s("end", "s1"), "s1"),
+            PluginLine::Relay { last: true }
+        );
+        assert_eq!(
+            classify(&s("error", "s1"), "s1"),
+            PluginLine::Relay { last: true }
+        );
         assert_eq!(
             classify(&s("invoke", "s1"), "s1"),
-            PluginLine::Invoke { backwards_request_id: "r9".into() }
+            PluginLine::Invoke {
+                backwards_request_id: "r9".into()
+            }
         );
         assert_eq!(classify(&s("stream", "other"), "s1"), PluginLine::Other);
         assert_eq!(
@@ -265,15 +298,30 @@ mod tests {
             PluginLine::Heartbeat
         );
         assert_eq!(
-            classify(r#"{"event": "log", "data": {"level": "INFO", "message": "hi"}}"#, "s1"),
-            PluginLine::Log { level: "INFO".into(), message: "hi".into() }
+            classify(
+                r#"{"event": "log", "data": {"level": "INFO", "message": "hi"}}"#,
+                "s1"
+            ),
+            PluginLine::Log {
+                level: "INFO".into(),
+                message: "hi".into()
+            }
         );
         assert_eq!(
-            classify(r#"{"event":"error","session_id":null,"data":{"error":"bad"}}"#, "s1"),
+            classify(
+                r#"{"event":"error","session_id":null,"data":{"error":"bad"}}"#,
+                "s1"
+            ),
             PluginLine::PluginError("bad".into())
         );
-        assert_eq!(classify("Traceback (most recent call last):", "s1"), PluginLine::Other);
-        assert_eq!(classify(r#"{"version":"0.0.1","type":"plugin"}"#, "s1"), PluginLine::Other);
+        assert_eq!(
+            classify("Traceback (most recent call last):", "s1"),
+            PluginLine::Other
+        );
+        assert_eq!(
+            classify(r#"{"version":"0.0.1","type":"plugin"}"#, "s1"),
+            PluginLine::Other
+        );
     }
 
     #[test]
