@@ -237,6 +237,11 @@ pub const ICON: &[u8] = b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>";
 
 /// A tool plugin package `langgenius/<name>` at `version`, built in memory.
 pub fn tool_package(name: &str, version: &str) -> Vec<u8> {
+    tool_package_with_provider_icon(name, version, "icon.svg")
+}
+
+/// [`tool_package`] whose tool provider names `provider_icon` as its icon.
+pub fn tool_package_with_provider_icon(name: &str, version: &str, provider_icon: &str) -> Vec<u8> {
     let manifest = format!(
         r#"version: {version}
 type: plugin
@@ -271,7 +276,7 @@ created_at: 2024-01-01T00:00:00Z
     en_US: Echo
   description:
     en_US: Echo provider
-  icon: icon.svg
+  icon: {provider_icon}
 tools:
   - tools/echo.yaml
 "#
