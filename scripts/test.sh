@@ -59,7 +59,7 @@ if [[ -x scripts/postgres.sh ]]; then
 fi
 
 say "cargo test --workspace"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 say "plugind serve"
 # Built on its own: `cargo test` may not build the binary (no integration test

@@ -143,8 +143,16 @@ def test_fetch_manifest_by_identifier(client, tenant, uploaded_tool):
     assert manifest.version == "0.0.1"
 
 
-def test_fetch_identifier_reports_known_package(client, tenant, uploaded_tool):
-    assert client.fetch_plugin_by_identifier(tenant, uploaded_tool.unique_identifier) is True
+def test_fetch_identifier_is_false_for_a_never_installed_package(client, tenant, tmp_path_factory):
+    # As the reference daemon: an upload alone records no plugin, so Dify
+    # uploads the package again before installing it.
+    pkg = build_package("echo_model", tmp_path_factory.mktemp("pkg-model"))
+    uploaded = client.upload_pkg(tenant, pkg, verify_signature=False)
+    assert client.fetch_plugin_by_identifier(tenant, uploaded.unique_identifier) is False
+
+
+def test_fetch_identifier_reports_an_installed_package(client, tenant, installed_tool):
+    assert client.fetch_plugin_by_identifier(tenant, installed_tool) is True
 
 
 def test_unknown_identifier_is_a_typed_error(client, tenant):
