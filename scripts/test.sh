@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command.
 #
-#  1. prepares the Python tools (scripts/setup-python.sh);
+#  1. prepares the Python tools (scripts/setup-python.sh) and checks infra/
+#     (infra/check.sh: cfn-lint, shell syntax, the templates against moto);
 #  2. starts PostgreSQL when scripts/postgres.sh exists and exports its URL as
 #     PLUGIND_TEST_POSTGRES_URL;
 #  3. runs `cargo test --workspace`;
@@ -49,6 +50,9 @@ source "$ENV_FILE"
 # The reference daemon's names for the interpreter and uv used by local plugins.
 export PYTHON_INTERPRETER_PATH="${PYTHON_INTERPRETER_PATH:-$PYTHON312}"
 export UV_PATH
+
+say "infra checks"
+infra/check.sh
 
 if [[ -x scripts/postgres.sh ]]; then
   say "PostgreSQL"
