@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app_state;
 pub mod backwards;
+pub mod debug;
 pub mod error;
 pub mod install;
 pub mod package;

@@ -1,6 +1,7 @@
 //! The HTTP API: `/health/check` and the Dify-compatible management routes
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
+pub mod debugging;
 pub mod envelope;
 pub mod extract;
 pub mod management;
@@ -90,6 +91,7 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{m}/triggers"), get(h::list_triggers))
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
+        .merge(debugging::routes(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
