@@ -26,6 +26,8 @@ use crate::runtime::{
 
 /// How many lines may wait for the connection's writer.
 const WRITE_QUEUE: usize = 64;
+/// Longest wait to flush the last lines when closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The error every open session ends with when the connection goes away.
 ///
@@ -87,7 +89,12 @@ pub struct Connection {
 
 impl DebugRuntime {
     /// A ready handle and the connection half its owning task will drive.
-    pub fn new(info: RuntimeInfo, max_execution_timeout: Duration) -> (Self, Connection) {
+    /// Cancelling `cancel` (or [`DebugRuntime::close`]) closes the connection.
+    pub fn new(
+        info: RuntimeInfo,
+        max_execution_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> (Self, Connection) {
         let (writer, write_rx) = mpsc::channel(WRITE_QUEUE);
         let (state, _) = watch::channel(RuntimeState::Ready);
         let shared = Arc::new(Shared {
@@ -95,7 +102,7 @@ impl DebugRuntime {
             sessions: SessionTable::new(),
             state,
             writer,
-            cancel: CancellationToken::new(),
+            cancel,
             max_execution_timeout,
         });
         (
@@ -252,7 +259,12 @@ where
                 }
             }
             Some(line) = conn.write_rx.recv() => {
-                if let Err(e) = sink.send(line).await {
+                // A plugin that stops reading must not hold off a close.
+                let sent = tokio::select! {
+                    sent = sink.send(line) => sent,
+                    _ = shared.cancel.cancelled() => break "closed by the daemon".to_owned(),
+                };
+                if let Err(e) = sent {
                     break format!("writing failed: {e}");
                 }
             }
@@ -269,7 +281,7 @@ where
     shared
         .sessions
         .fail_all(|| RuntimeError::Plugin(connection_closed_error()));
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
     reason
 }
 

@@ -472,6 +472,7 @@ async fn install(
             declaration: declaration.clone(),
         },
         inner.options.max_execution_timeout,
+        inner.cancel.child_token(),
     );
     // Registered before the installation row exists, so whoever finds the
     // installation also finds its runtime.
