@@ -76,6 +76,8 @@ mkdir -p "$WORK/storage"
   # Nothing listens there: the tests make no backwards calls.
   export DIFY_INNER_API_URL="http://127.0.0.1:9" DIFY_INNER_API_KEY="inner-test-key"
   export PLUGIN_STORAGE_LOCAL_ROOT="$WORK/storage" PLATFORM=local
+  # The fixtures are unsigned, as a plugin author's own packages are.
+  export FORCE_VERIFYING_SIGNATURE=false
   exec "$PLUGIND_BIN" serve
 ) >"$WORK/plugind.log" 2>&1 &
 DAEMON_PID=$!

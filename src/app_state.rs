@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
+use crate::install::local::LocalInstallStep;
 use crate::install::packages::{PackageSettings, Packages};
 use crate::install::{InstallStep, Installer, NoopInstallStep};
 use crate::package::{PackageError, SignatureKeys};
-use crate::runtime::Registry;
+use crate::runtime::{LocalHost, Registry};
 use crate::settings::{DatabaseTarget, Platform, Settings};
 use crate::storage::{LocalStorage, Storage};
-use crate::store::{Store, StoreError};
+use crate::store::{SqlKvStore, Store, StoreError};
 
 /// Why the state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,8 @@ pub enum AppStateError {
     Store(#[from] StoreError),
     #[error("cannot load signature keys: {0}")]
     Keys(#[from] PackageError),
+    #[error("cannot build the Dify inner API client: {0}")]
+    InnerApi(#[from] InnerApiError),
     #[error("cannot prepare storage at {path}: {source}")]
     Storage {
         path: String,
@@ -40,15 +44,36 @@ pub struct AppState {
     pub installer: Arc<Installer>,
     /// Running plugin runtimes, whatever their host.
     pub registry: Arc<Registry>,
+    /// Dify's inner API, for plugins' backwards calls. Built once: it holds
+    /// the connection pool.
+    pub inner_api: InnerApiClient,
+    /// The plugins' key/value storage, over the store's database.
+    pub plugin_storage: PluginStorage,
+    /// The local platform's install step (PLATFORM=local), which also
+    /// relaunches installed plugins when the daemon starts.
+    pub local: Option<Arc<LocalInstallStep>>,
+}
+
+/// Which install step the state is built with.
+enum StepChoice {
+    /// A given step (tests, other platforms).
+    Given(Arc<dyn InstallStep>),
+    /// The local platform's step over this host.
+    Local(LocalHost),
 }
 
 impl AppState {
     /// Opens the store (creating the SQLite folder or the PostgreSQL database
     /// when missing), runs migrations, prepares local storage and fails the
-    /// install tasks a previous daemon left unfinished. Installs use the
+    /// install tasks a previous daemon left unfinished. With PLATFORM=local
+    /// installs launch plugins as child processes; otherwise they use the
     /// no-op step.
     pub async fn build(settings: Settings) -> Result<Self, AppStateError> {
-        Self::build_with_step(settings, Arc::new(NoopInstallStep)).await
+        let choice = match settings.platform {
+            Platform::Local => StepChoice::Local(LocalHost::from_settings(&settings)),
+            Platform::Serverless => StepChoice::Given(Arc::new(NoopInstallStep)),
+        };
+        Self::build_inner(settings, choice).await
     }
 
     /// [`AppState::build`] with the runtime's install step.
@@ -56,6 +81,16 @@ impl AppState {
         settings: Settings,
         step: Arc<dyn InstallStep>,
     ) -> Result<Self, AppStateError> {
+        Self::build_inner(settings, StepChoice::Given(step)).await
+    }
+
+    /// [`AppState::build`] on the local platform with an explicit host
+    /// (custom timings, interpreter or uv).
+    pub async fn build_local(settings: Settings, host: LocalHost) -> Result<Self, AppStateError> {
+        Self::build_inner(settings, StepChoice::Local(host)).await
+    }
+
+    async fn build_inner(settings: Settings, choice: StepChoice) -> Result<Self, AppStateError> {
         let url = match settings
             .database_target()
             .map_err(AppStateError::Settings)?
@@ -73,7 +108,7 @@ impl AppState {
         let keys = Arc::new(if settings.third_party_signature_verification_enabled {
             SignatureKeys::from_files(&settings.third_party_signature_verification_public_keys)?
         } else {
-            SignatureKeys::official_only()
+            SignatureKeys::official()
         });
         let packages = Arc::new(Packages::new(
             store.clone(),
@@ -90,6 +125,21 @@ impl AppState {
             Platform::Local => "local",
             Platform::Serverless => "serverless",
         };
+        let registry = Arc::new(Registry::new());
+        let (step, local) = match choice {
+            StepChoice::Given(step) => (step, None),
+            StepChoice::Local(host) => {
+                let local = Arc::new(LocalInstallStep::new(
+                    host,
+                    storage.clone(),
+                    registry.clone(),
+                    settings.working_path(),
+                    settings.plugin_package_cache_path.clone(),
+                    settings.max_plugin_package_size,
+                ));
+                (local.clone() as Arc<dyn InstallStep>, Some(local))
+            }
+        };
         let installer = Arc::new(Installer::new(
             store.clone(),
             step,
@@ -97,6 +147,11 @@ impl AppState {
             settings.plugin_package_cache_path.clone(),
         ));
         installer.recover().await?;
+        let inner_api = InnerApiClient::new(InnerApiConfig::from_settings(&settings))?;
+        let plugin_storage = PluginStorage::new(
+            Arc::new(SqlKvStore::new(store.clone())),
+            crate::backwards::storage::DEFAULT_MAX_STORAGE_SIZE,
+        );
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -104,7 +159,10 @@ impl AppState {
             keys,
             packages,
             installer,
-            registry: Arc::new(Registry::new()),
+            registry,
+            inner_api,
+            plugin_storage,
+            local,
         })
     }
 }

@@ -2,11 +2,16 @@
 
 use clap::{Parser, Subcommand};
 
+use plugind::mcp::cli::McpCommand;
+use plugind::package::cli::PluginCommand;
 use plugind::settings::Settings;
 
 /// plugind: a serverless-first plugin daemon for Dify.
+///
+/// Settings are read from the environment, then from a `.env` file in the
+/// working folder; `plugind serve --help` lists every one with its default.
 #[derive(Parser)]
-#[command(name = "plugind", version, about, long_about = None)]
+#[command(name = "plugind", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,26 +22,54 @@ enum Command {
     /// Run the daemon. Every setting is read from the environment (and from a
     /// `.env` file in the working folder, if present) or from its flag.
     Serve(Box<Settings>),
+    /// Build, inspect, sign and verify .difypkg plugin packages.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Manage MCP servers and their access tokens in the daemon's database.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("plugind: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // A missing .env is normal; a malformed one is not.
     if let Err(e) = dotenvy::dotenv() {
         if !e.not_found() {
             anyhow::bail!("cannot read .env: {e}");
         }
     }
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve(settings) => {
-            if let Err(message) = settings.validate() {
-                eprintln!("plugind: invalid settings: {message}");
-                std::process::exit(2);
-            }
+            check(&settings);
             plugind::telemetry::init(&settings.log_level, settings.log_output_format)
                 .map_err(anyhow::Error::msg)?;
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(plugind::serve::run(*settings))
+            tokio::runtime::Runtime::new()?.block_on(plugind::serve::run(*settings))
         }
+        Command::Plugin { command } => plugind::package::cli::run(command),
+        Command::Mcp { command, settings } => {
+            check(&settings);
+            tokio::runtime::Runtime::new()?.block_on(plugind::mcp::cli::run(command, &settings))
+        }
+    }
+}
+
+/// Stops with exit code 2 and a message naming the variable when settings
+/// are inconsistent (clap already refused malformed single values).
+fn check(settings: &Settings) {
+    if let Err(message) = settings.validate() {
+        eprintln!("plugind: invalid settings: {message}");
+        std::process::exit(2);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app_state::AppState;
@@ -29,18 +30,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", settings.server_host, settings.server_port)
         .parse()
         .map_err(|e| anyhow::anyhow!("SERVER_HOST/SERVER_PORT do not form an address: {e}"))?;
+    let launching = settings.plugin_local_launching_concurrent;
     let state = AppState::build(settings).await?;
+    if let Some(local) = state.local.clone() {
+        // In the background: the API answers (and Dify's install polling
+        // works) while environments are checked and plugins come up.
+        let store = state.store.clone();
+        tokio::spawn(async move { local.relaunch_installed(&store, launching).await });
+    }
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (SERVER_HOST/SERVER_PORT): {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (SERVER_HOST/SERVER_PORT): {e}"))?
+        // Dispatch streams write small chunks; without TCP_NODELAY each one
+        // can wait ~40 ms for the client's delayed ACK.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     let debug = start_debug_listener(&state).await?;
     tracing::info!(%addr, "plugind listening");
-    axum::serve(listener, crate::api::app(state))
+    axum::serve(listener, crate::api::app(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     if let Some(debug) = debug {
         debug.shutdown().await;
     }
+    state.registry.shutdown_all().await;
     tracing::info!("plugind stopped");
     Ok(())
 }

@@ -421,6 +421,38 @@ pub struct Settings {
         ignore_case = true
     )]
     pub log_output_format: LogFormat,
+
+    /// Key that seals MCP server credentials at rest (any high-entropy string). Unset: derived from SERVER_KEY.
+    #[arg(
+        long,
+        env = "MCP_ENCRYPTION_KEY",
+        value_name = "MCP_ENCRYPTION_KEY",
+        hide_env_values = true
+    )]
+    pub mcp_encryption_key: Option<Secret>,
+
+    /// Comma-separated browser origins (scheme://host[:port], `*` for any) allowed to call MCP servers; same-origin requests are always allowed.
+    #[arg(
+        long,
+        env = "MCP_ALLOWED_ORIGINS",
+        value_name = "MCP_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub mcp_allowed_origins: Vec<String>,
+
+    /// Comma-separated Host names (or host:port) MCP servers answer to; `*` accepts any. Set it to the public host name in real deployments.
+    #[arg(
+        long,
+        env = "MCP_ALLOWED_HOSTS",
+        value_name = "MCP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1"
+    )]
+    pub mcp_allowed_hosts: Vec<String>,
+
+    /// Public base URL of this daemon (e.g. https://mcp.example.com), used in MCP links and OAuth metadata. Unset: taken from each request's Host.
+    #[arg(long, env = "MCP_PUBLIC_URL", value_name = "MCP_PUBLIC_URL")]
+    pub mcp_public_url: Option<String>,
 }
 
 /// How the store connects, derived from the DB_* settings.

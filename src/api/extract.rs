@@ -136,5 +136,5 @@ impl Input {
 /// Parses an identifier; a malformed one is a validation failure.
 pub fn parse_identifier(s: &str) -> Result<PluginUniqueIdentifier, ApiError> {
     s.parse()
-        .map_err(|e: crate::package::PackageError| ApiError::Invalid(e.to_string()))
+        .map_err(|e: crate::package::IdentifierError| ApiError::Invalid(e.to_string()))
 }

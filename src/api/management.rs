@@ -229,7 +229,7 @@ pub async fn delete_task_item(
     let identifier: PluginUniqueIdentifier = identifier
         .trim_start_matches('/')
         .parse()
-        .map_err(|e: crate::package::PackageError| DaemonError::BadRequest(e.to_string()))?;
+        .map_err(|e: crate::package::IdentifierError| DaemonError::BadRequest(e.to_string()))?;
     state
         .store
         .delete_task_item(&tenant_id, &id, &identifier.to_string())

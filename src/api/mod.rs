@@ -2,9 +2,12 @@
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
 pub mod debugging;
+pub mod dispatch;
+pub mod endpoint;
 pub mod envelope;
 pub mod extract;
 pub mod management;
+pub mod mcp;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -24,11 +27,20 @@ const MULTIPART_SLACK: u64 = 1024 * 1024;
 /// The daemon's router. Kept apart from serving so tests can drive it with
 /// `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
+    let invoker = crate::mcp::invoker::RuntimeInvoker::new(state.clone());
+    let gateway = crate::mcp::McpGateway::new(state.clone(), invoker);
+    app_with_mcp(state, gateway)
+}
+
+/// [`app`] with a given MCP gateway (tests run tools through their own
+/// invoker this way).
+pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGateway>) -> Router {
     let upload_limit = state
         .settings
         .max_plugin_package_size
         .max(state.settings.max_bundle_package_size)
         .saturating_add(MULTIPART_SLACK);
+    let endpoints = endpoint::routes(&state);
     let m = "/plugin/{tenant_id}/management";
     use management as h;
     let plugin_routes = Router::new()
@@ -91,6 +103,8 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{m}/triggers"), get(h::list_triggers))
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
+        .merge(mcp::routes(gateway.clone()))
+        .merge(endpoints.management)
         .merge(debugging::routes(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -99,6 +113,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health/check", get(health_check))
         .merge(plugin_routes)
+        .merge(dispatch::router(state.clone()))
+        .merge(gateway.routes())
+        .merge(endpoints.public)
         .with_state(state)
 }
 

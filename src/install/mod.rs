@@ -7,6 +7,7 @@
 //! task. Dify polls the task. Every path ends the task as success or failed,
 //! even when the step panics.
 
+pub mod local;
 pub mod packages;
 
 use std::sync::Arc;
@@ -462,7 +463,7 @@ impl Installer {
                 let new: PluginUniqueIdentifier = job
                     .identifier
                     .parse()
-                    .map_err(|e: crate::package::PackageError| e.to_string())?;
+                    .map_err(|e: crate::package::IdentifierError| e.to_string())?;
                 self.record_upgrade(
                     &job.tenant_id,
                     &original,

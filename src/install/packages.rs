@@ -282,7 +282,7 @@ impl Packages {
                             DaemonError::BadRequest(format!("file not found: {name}"))
                         })?;
                     let id = asset_id(&name, data);
-                    uploads.push((id.clone(), data.clone()));
+                    uploads.push((id.clone(), Bytes::from(data.clone())));
                     remapped.insert(name, id.clone());
                     id
                 }

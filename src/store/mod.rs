@@ -16,7 +16,10 @@
 //! reference removes the plugin and its declaration.
 
 mod debugging;
+mod endpoints;
+mod kv;
 mod models;
+mod runtimes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +30,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{AnyPool, Row};
 
+pub use endpoints::{default_expiry, EndpointRecord, NewEndpoint};
+pub use kv::SqlKvStore;
 pub use models::*;
 
 /// Failures of the store.
@@ -270,6 +275,12 @@ impl Store {
     /// The engine behind this store.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The connection pool, for modules that keep their own tables
+    /// (the MCP gateway's servers and tokens).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Closes every pooled connection.
@@ -537,6 +548,16 @@ impl Store {
             .bind(&installation.plugin_id)
             .execute(&mut *tx)
             .await?;
+        // Endpoints go with the installation, except a debugging (remote)
+        // one's, which wait for the plugin to reconnect (reference:
+        // `install_service/curd.go::UninstallPlugin`).
+        if installation.runtime_type != "remote" {
+            sqlx::query("DELETE FROM endpoints WHERE tenant_id = $1 AND plugin_id = $2")
+                .bind(tenant_id)
+                .bind(&installation.plugin_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let plugin_deleted = plugin.as_ref().is_none_or(|p| p.refers <= 0);
         if plugin_deleted {
             delete_plugin_rows(&mut tx, &identifier).await?;

@@ -1,0 +1,481 @@
+//! The dispatch routes, `POST /plugin/{tenant_id}/dispatch/*`: Dify invokes a
+//! tenant's plugin (tools, models, agent strategies, OAuth, dynamic
+//! selects, datasources, triggers) and reads the chunks back as a stream of
+//! `data: <envelope>\n\n` lines (reference: `internal/server/http_server.gen.go`,
+//! `internal/service/base_sse.go`, `controllers/base.go`).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tracing::Instrument;
+
+use super::envelope::{error_envelope_json, sse_line};
+use crate::app_state::AppState;
+use crate::dispatch::{self, ChunkStream, InvokeRequest};
+use crate::error::DaemonError;
+use crate::runtime::SessionHeader;
+
+/// Header naming the plugin (`author/name`) whose installation serves the call.
+pub const PLUGIN_ID_HEADER: &str = "X-Plugin-ID";
+
+/// One dispatch route: its path under `/dispatch`, the plugin access type
+/// and action it becomes, and the `data` fields the reference requires.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchRoute {
+    pub path: &'static str,
+    pub access_type: &'static str,
+    pub action: &'static str,
+    pub required: &'static [&'static str],
+}
+
+const fn route(
+    path: &'static str,
+    access_type: &'static str,
+    action: &'static str,
+    required: &'static [&'static str],
+) -> DispatchRoute {
+    DispatchRoute {
+        path,
+        access_type,
+        action,
+        required,
+    }
+}
+
+const MODEL: &[&str] = &["provider", "model", "model_type"];
+
+/// Every dispatch route of the reference, with its access type and action
+/// (`internal/core/io_tunnel/access_types/access.go`) and the required
+/// `data` fields of its request struct (`pkg/entities/requests/`).
+pub const ROUTES: &[DispatchRoute] = &[
+    route("tool/invoke", "tool", "invoke_tool", &["provider", "tool"]),
+    route(
+        "tool/validate_credentials",
+        "tool",
+        "validate_tool_credentials",
+        &["provider"],
+    ),
+    route(
+        "tool/get_runtime_parameters",
+        "tool",
+        "get_tool_runtime_parameters",
+        &["provider", "tool"],
+    ),
+    route("llm/invoke", "model", "invoke_llm", MODEL),
+    route("llm/num_tokens", "model", "get_llm_num_tokens", MODEL),
+    route(
+        "text_embedding/invoke",
+        "model",
+        "invoke_text_embedding",
+        MODEL,
+    ),
+    route(
+        "multimodal_embedding/invoke",
+        "model",
+        "invoke_multimodal_embedding",
+        MODEL,
+    ),
+    route(
+        "text_embedding/num_tokens",
+        "model",
+        "get_text_embedding_num_tokens",
+        MODEL,
+    ),
+    route("rerank/invoke", "model", "invoke_rerank", MODEL),
+    route(
+        "multimodal_rerank/invoke",
+        "model",
+        "invoke_multimodal_rerank",
+        MODEL,
+    ),
+    route("tts/invoke", "model", "invoke_tts", MODEL),
+    route("tts/model/voices", "model", "get_tts_model_voices", MODEL),
+    route("speech2text/invoke", "model", "invoke_speech2text", MODEL),
+    route("moderation/invoke", "model", "invoke_moderation", MODEL),
+    route(
+        "model/validate_provider_credentials",
+        "model",
+        "validate_provider_credentials",
+        &["provider"],
+    ),
+    route(
+        "model/validate_model_credentials",
+        "model",
+        "validate_model_credentials",
+        MODEL,
+    ),
+    route("model/schema", "model", "get_ai_model_schemas", MODEL),
+    route(
+        "oauth/get_authorization_url",
+        "oauth",
+        "get_authorization_url",
+        &["provider"],
+    ),
+    route(
+        "oauth/get_credentials",
+        "oauth",
+        "get_credentials",
+        &["provider"],
+    ),
+    route(
+        "oauth/refresh_credentials",
+        "oauth",
+        "refresh_credentials",
+        &["provider"],
+    ),
+    route(
+        "dynamic_select/fetch_parameter_options",
+        "dynamic_parameter",
+        "fetch_parameter_options",
+        &["provider"],
+    ),
+    route(
+        "datasource/validate_credentials",
+        "datasource",
+        "validate_datasource_credentials",
+        &["provider"],
+    ),
+    route(
+        "datasource/get_website_crawl",
+        "datasource",
+        "invoke_website_datasource_get_crawl",
+        &["provider", "datasource"],
+    ),
+    route(
+        "datasource/get_online_document_pages",
+        "datasource",
+        "invoke_online_document_datasource_get_pages",
+        &["provider", "datasource"],
+    ),
+    route(
+        "datasource/get_online_document_page_content",
+        "datasource",
+        "invoke_online_document_datasource_get_page_content",
+        &["provider", "datasource"],
+    ),
+    route(
+        "datasource/online_drive_browse_files",
+        "datasource",
+        "invoke_online_drive_browse_files",
+        &["provider", "datasource"],
+    ),
+    route(
+        "datasource/online_drive_download_file",
+        "datasource",
+        "invoke_online_drive_download_file",
+        &["provider", "datasource"],
+    ),
+    route(
+        "trigger/invoke_event",
+        "trigger",
+        "invoke_trigger_event",
+        &["provider"],
+    ),
+    route(
+        "trigger/validate_credentials",
+        "trigger",
+        "validate_trigger_credentials",
+        &["provider"],
+    ),
+    route(
+        "trigger/dispatch_event",
+        "trigger",
+        "dispatch_trigger_event",
+        &["provider"],
+    ),
+    route(
+        "trigger/subscribe",
+        "trigger",
+        "subscribe_trigger",
+        &["provider"],
+    ),
+    route(
+        "trigger/unsubscribe",
+        "trigger",
+        "unsubscribe_trigger",
+        &["provider"],
+    ),
+    route(
+        "trigger/refresh",
+        "trigger",
+        "refresh_trigger",
+        &["provider"],
+    ),
+    route(
+        "agent_strategy/invoke",
+        "agent_strategy",
+        "invoke_agent_strategy",
+        &["agent_strategy_provider", "agent_strategy"],
+    ),
+];
+
+/// The dispatch routes (behind the `X-Api-Key` check) and the unauthenticated
+/// `/metrics`.
+pub fn router(state: AppState) -> Router<AppState> {
+    let mut dispatch = Router::new();
+    for spec in ROUTES {
+        dispatch = dispatch.route(
+            &format!("/plugin/{{tenant_id}}/dispatch/{}", spec.path),
+            post(
+                move |state: State<AppState>,
+                      tenant: Path<String>,
+                      headers: HeaderMap,
+                      body: Bytes| handle(state, tenant, headers, body, spec),
+            ),
+        );
+    }
+    dispatch
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            super::require_api_key,
+        ))
+        .route("/metrics", get(crate::metrics::handler))
+}
+
+/// The body Dify sends: the session's context and the action's `data`.
+#[derive(Debug, Deserialize)]
+struct DispatchBody {
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    app_id: Option<String>,
+    #[serde(default)]
+    endpoint_id: Option<String>,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// A refusal before any stream starts, with the reference's HTTP status.
+fn refuse(status: StatusCode, err: DaemonError) -> Response {
+    err.log();
+    (status, Json(error_envelope_json(&err))).into_response()
+}
+
+async fn handle(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    spec: &'static DispatchRoute,
+) -> Response {
+    let started = Instant::now();
+    let plugin_id = headers
+        .get(PLUGIN_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+    if plugin_id.is_empty() {
+        crate::metrics::record_request(spec.path, "refused", started.elapsed());
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            DaemonError::BadRequest("plugin_id is required".into()),
+        );
+    }
+    let request = match parse_body(&body, spec) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            crate::metrics::record_request(spec.path, "refused", started.elapsed());
+            return refuse(StatusCode::BAD_REQUEST, DaemonError::BadRequest(message));
+        }
+    };
+    let (mut header, user_id, payload) = request;
+    // The session id is chosen here so that every log line of the request,
+    // from the route to the plugin, carries it.
+    header.session_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("dispatch", session_id = %header.session_id, route = spec.path);
+    let invoke = InvokeRequest {
+        tenant_id,
+        plugin_id: plugin_id.to_owned(),
+        access_type: spec.access_type.to_owned(),
+        action: spec.action.to_owned(),
+        user_id,
+        header,
+        payload,
+        timeout: None,
+    };
+    let chunks = match dispatch::invoke(&state, invoke)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(chunks) => chunks,
+        Err(DaemonError::PluginNotFound) => {
+            crate::metrics::record_request(spec.path, "refused", started.elapsed());
+            return refuse(StatusCode::NOT_FOUND, DaemonError::PluginNotFound);
+        }
+        // As the reference: once the installation is known the answer is a
+        // stream, and a failure to open the session is its one error line.
+        Err(err) => {
+            span.in_scope(|| err.log());
+            crate::metrics::record_request(spec.path, "error", started.elapsed());
+            let line = sse_line(&error_envelope_json(&err));
+            return sse_response(Body::from(line));
+        }
+    };
+    let lines = SseLines {
+        chunks,
+        route: spec.path,
+        started,
+        outcome: None,
+        span,
+    };
+    sse_response(Body::from_stream(lines))
+}
+
+fn sse_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Splits the body into the session header, the user and the flattened
+/// request fields; the error text says what is wrong.
+fn parse_body(
+    body: &[u8],
+    spec: &DispatchRoute,
+) -> Result<(SessionHeader, String, Map<String, Value>), String> {
+    let body: DispatchBody =
+        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    let data = match body.data {
+        Some(Value::Object(data)) => data,
+        Some(Value::Null) | None => return Err("field `data` is required".into()),
+        Some(_) => return Err("field `data` must be an object".into()),
+    };
+    for field in spec.required {
+        let present = match data.get(*field) {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        };
+        if !present {
+            return Err(format!("field `data.{field}` is required"));
+        }
+    }
+    let header = SessionHeader {
+        session_id: String::new(),
+        conversation_id: body.conversation_id,
+        message_id: body.message_id,
+        app_id: body.app_id,
+        endpoint_id: body.endpoint_id,
+        // The reference sends a nil map as `null`.
+        context: body.context.map(Value::Object).unwrap_or(Value::Null),
+    };
+    Ok((header, body.user_id, data))
+}
+
+/// The error line that ends a stream. A closed plugin connection is wrapped
+/// as a PluginInvokeError so that Dify raises a typed exception for it (its
+/// client does not know the bare connection-closed type).
+fn mid_stream_error(err: DaemonError) -> DaemonError {
+    match err {
+        DaemonError::ConnectionClosed => DaemonError::PluginInvoke(
+            serde_json::json!({
+                "message": "plugin connection closed before the session ended",
+                "error_type": "PluginConnectionClosedError",
+                "args": null,
+            })
+            .to_string(),
+        ),
+        other => other,
+    }
+}
+
+/// The SSE lines of one session; records the request's outcome when the
+/// stream ends or the client goes away.
+struct SseLines {
+    chunks: ChunkStream,
+    route: &'static str,
+    started: Instant,
+    outcome: Option<&'static str>,
+    span: tracing::Span,
+}
+
+impl Stream for SseLines {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.outcome.is_some() {
+            return Poll::Ready(None);
+        }
+        match self.chunks.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                let envelope = serde_json::json!({"code": 0, "message": "success", "data": chunk});
+                Poll::Ready(Some(Ok(Bytes::from(sse_line(&envelope)))))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                let err = mid_stream_error(err);
+                self.span.in_scope(|| err.log());
+                self.outcome = Some("error");
+                Poll::Ready(Some(Ok(Bytes::from(sse_line(&error_envelope_json(&err))))))
+            }
+            Poll::Ready(None) => {
+                self.outcome = Some("ok");
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for SseLines {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or("cancelled");
+        crate::metrics::record_request(self.route, outcome, self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_unique_and_valid() {
+        let mut paths: Vec<_> = ROUTES.iter().map(|r| r.path).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), ROUTES.len());
+        // The 33 generated routes of the reference plus agent_strategy/invoke.
+        assert_eq!(ROUTES.len(), 34);
+    }
+
+    #[test]
+    fn the_body_splits_into_header_user_and_data() {
+        let spec = &ROUTES[0];
+        let (header, user, data) = parse_body(
+            br#"{"user_id":"u","app_id":"a","context":{"k":1},"data":{"provider":"p","tool":"t","tool_parameters":{}}}"#,
+            spec,
+        )
+        .unwrap();
+        assert_eq!(user, "u");
+        assert_eq!(header.app_id.as_deref(), Some("a"));
+        assert_eq!(header.conversation_id, None);
+        assert_eq!(header.context, serde_json::json!({"k": 1}));
+        assert_eq!(data["tool"], "t");
+        assert!(parse_body(br#"{"user_id":"u"}"#, spec)
+            .unwrap_err()
+            .contains("data"));
+        assert!(parse_body(br#"{"data":{"provider":"p"}}"#, spec)
+            .unwrap_err()
+            .contains("data.tool"));
+        assert!(parse_body(b"not json", spec).is_err());
+    }
+}

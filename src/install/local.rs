@@ -1,0 +1,384 @@
+//! The install step of the local platform: unpack the uploaded package into
+//! the working folder, build its uv environment, launch it as a child
+//! process and register it; stop it when its last installation goes
+//! (reference: `internal/core/plugin_manager/install_to_local.go`).
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{InstallJob, InstallStep, InstallStepError, Progress};
+use crate::package::{self, DecodeLimits};
+use crate::runtime::{
+    EnvProgress, LaunchSpec, LocalHost, LocalRuntime, PluginRuntime, Registry, RuntimeState,
+};
+use crate::storage::Storage;
+use crate::store::Store;
+
+/// How many progress lines may wait for the task record.
+const PROGRESS_QUEUE: usize = 64;
+
+/// Runs plugins as local child processes.
+pub struct LocalInstallStep {
+    host: LocalHost,
+    storage: Arc<dyn Storage>,
+    registry: Arc<Registry>,
+    /// PLUGIN_WORKING_PATH: one folder per unpacked package.
+    working_path: PathBuf,
+    /// Storage key prefix of uploaded packages.
+    package_prefix: String,
+    max_package_size: u64,
+    /// The same runtimes as in the registry, with their local handles
+    /// (process id, open sessions) for diagnostics.
+    runtimes: Mutex<HashMap<String, LocalRuntime>>,
+}
+
+impl std::fmt::Debug for LocalInstallStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalInstallStep")
+            .field("working_path", &self.working_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The folder name of a package: its identifier with the characters that
+/// are not safe in a path (`/`, `:`) replaced.
+pub fn package_dir_name(identifier: &str) -> String {
+    identifier
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' | '@' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+impl LocalInstallStep {
+    /// A step launching through `host`, registering into `registry`, reading
+    /// packages from `storage` under `package_prefix` and unpacking them under
+    /// `working_path`.
+    pub fn new(
+        host: LocalHost,
+        storage: Arc<dyn Storage>,
+        registry: Arc<Registry>,
+        working_path: PathBuf,
+        package_prefix: impl Into<String>,
+        max_package_size: u64,
+    ) -> Self {
+        Self {
+            host,
+            storage,
+            registry,
+            working_path,
+            package_prefix: package_prefix.into(),
+            max_package_size,
+            runtimes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The local handle of a running plugin.
+    pub fn runtime(&self, identifier: &str) -> Option<LocalRuntime> {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identifier)
+            .cloned()
+    }
+
+    /// Where `identifier` is unpacked.
+    pub fn plugin_dir(&self, identifier: &str) -> PathBuf {
+        self.working_path.join(package_dir_name(identifier))
+    }
+
+    /// Unpacks the stored package unless a previous install already did.
+    /// The files land in a temporary folder that is renamed into place, so a
+    /// crash never leaves a half-written plugin folder behind.
+    async fn unpack(&self, identifier: &str) -> Result<PathBuf, InstallStepError> {
+        let dir = self.plugin_dir(identifier);
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            return Ok(dir);
+        }
+        let key = format!("{}/{identifier}", self.package_prefix);
+        let bytes =
+            self.storage.get(&key).await.map_err(|e| {
+                InstallStepError(format!("cannot read the package {identifier}: {e}"))
+            })?;
+        let limits = DecodeLimits::for_package_size(self.max_package_size);
+        let working_path = self.working_path.clone();
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || write_package(&bytes, &limits, &working_path, &target))
+            .await
+            .map_err(|e| InstallStepError(format!("unpacking stopped: {e}")))??;
+        Ok(dir)
+    }
+
+    /// Unpacks, builds the environment and launches `identifier`, reporting
+    /// progress lines through `report`; registers the running plugin.
+    async fn launch<F, Fut>(
+        &self,
+        identifier: &str,
+        declaration: &Value,
+        mut report: F,
+    ) -> Result<(), InstallStepError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if let Some(running) = self.registry.get(identifier) {
+            if !matches!(
+                running.state(),
+                RuntimeState::Stopped | RuntimeState::Failed(_)
+            ) {
+                return Ok(());
+            }
+        }
+        report("unpacking the package".into()).await;
+        let dir = self.unpack(identifier).await?;
+        let runner = declaration.pointer("/meta/runner");
+        let entrypoint = runner
+            .and_then(|r| r.get("entrypoint"))
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty())
+            .unwrap_or("main")
+            .to_owned();
+        let runner_version = runner
+            .and_then(|r| r.get("version"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let spec = LaunchSpec {
+            identity: identifier.to_owned(),
+            working_dir: dir,
+            entrypoint,
+            runner_version,
+            env: vec![],
+        };
+        // The environment builder reports synchronously; its lines go through
+        // a bounded queue to the task record. When the queue is full a line
+        // is dropped: progress text is informational.
+        let (tx, mut rx) = mpsc::channel::<String>(PROGRESS_QUEUE);
+        let progress = Arc::new(move |p: EnvProgress| {
+            let text = match p.line {
+                Some(line) => format!("{}: {line}", p.phase.label()),
+                None => p.phase.label().to_owned(),
+            };
+            let _ = tx.try_send(text);
+        });
+        let launch = self.host.launch(spec, progress);
+        tokio::pin!(launch);
+        let started = loop {
+            tokio::select! {
+                started = &mut launch => break started,
+                Some(line) = rx.recv() => report(line).await,
+            }
+        };
+        while let Ok(line) = rx.try_recv() {
+            report(line).await;
+        }
+        let runtime = started
+            .map_err(|e| InstallStepError(format!("plugin {identifier} did not start: {e}")))?;
+        watch_restarts(&runtime);
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identifier.to_owned(), runtime.clone());
+        report("plugin ready".into()).await;
+        if let Some(old) = self
+            .registry
+            .insert(identifier.to_owned(), Arc::new(runtime))
+        {
+            // Two launches raced; the newest one serves.
+            tokio::spawn(async move { old.shutdown().await });
+        }
+        Ok(())
+    }
+
+    /// Launches every local plugin recorded in `store`, at most
+    /// `concurrency` at a time. A plugin that fails to start is logged and
+    /// left out; the others still come up.
+    pub async fn relaunch_installed(&self, store: &Store, concurrency: usize) {
+        let plugins = match store.plugins_by_install_type("local").await {
+            Ok(plugins) => plugins,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list installed plugins to relaunch");
+                return;
+            }
+        };
+        if plugins.is_empty() {
+            return;
+        }
+        tracing::info!(count = plugins.len(), "relaunching installed plugins");
+        futures::StreamExt::for_each_concurrent(
+            futures::stream::iter(plugins),
+            concurrency.max(1),
+            |plugin| async move {
+                let identifier = plugin.plugin_unique_identifier;
+                let declaration = match store.declaration(&identifier).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        tracing::error!(%identifier, "installed plugin has no declaration");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(%identifier, error = %e, "cannot read a declaration");
+                        return;
+                    }
+                };
+                let started = Instant::now();
+                let result = self
+                    .launch(&identifier, &declaration, |line| {
+                        let identifier = identifier.clone();
+                        async move { tracing::debug!(%identifier, "{line}") }
+                    })
+                    .await;
+                crate::metrics::record_install(result.is_ok(), started.elapsed());
+                match result {
+                    Ok(()) => tracing::info!(%identifier, "plugin relaunched"),
+                    Err(e) => tracing::error!(%identifier, "relaunch failed: {e}"),
+                }
+            },
+        )
+        .await;
+    }
+}
+
+#[async_trait]
+impl InstallStep for LocalInstallStep {
+    async fn ensure_runtime(
+        &self,
+        job: &InstallJob,
+        progress: &Progress,
+    ) -> Result<(), InstallStepError> {
+        let started = Instant::now();
+        let result = self
+            .launch(&job.identifier, &job.declaration, |line| async move {
+                progress.info(&line).await
+            })
+            .await;
+        crate::metrics::record_install(result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn remove_runtime(&self, identifier: &str) -> Result<(), InstallStepError> {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(identifier);
+        if let Some(runtime) = self.registry.remove(identifier) {
+            runtime.shutdown().await;
+        }
+        let dir = self.plugin_dir(identifier);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(InstallStepError(format!(
+                "cannot remove {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+}
+
+/// Counts the runtime's restarts until it is gone.
+fn watch_restarts(runtime: &LocalRuntime) {
+    let mut states = runtime.subscribe();
+    let identity = runtime.identity().to_owned();
+    tokio::spawn(async move {
+        while states.changed().await.is_ok() {
+            let state = states.borrow_and_update().clone();
+            match state {
+                RuntimeState::Restarting => crate::metrics::record_restart(&identity),
+                RuntimeState::Stopped | RuntimeState::Failed(_) => break,
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Decodes `bytes` and writes its files to `target` through a temporary
+/// folder in `working_path`.
+fn write_package(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    working_path: &Path,
+    target: &Path,
+) -> Result<(), InstallStepError> {
+    let fail = |what: String| InstallStepError(what);
+    let decoded = package::decode(bytes, limits)
+        .map_err(|e| fail(format!("cannot decode the package: {e}")))?;
+    std::fs::create_dir_all(working_path)
+        .map_err(|e| fail(format!("cannot create {}: {e}", working_path.display())))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(working_path)
+        .map_err(|e| {
+            fail(format!(
+                "cannot create a folder in {}: {e}",
+                working_path.display()
+            ))
+        })?;
+    for (name, data) in &decoded.files {
+        let relative = safe_relative(name)
+            .ok_or_else(|| fail(format!("the package holds an unsafe path: {name}")))?;
+        let path = temp.path().join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        std::fs::write(&path, data)
+            .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let temp = temp.keep();
+    if let Err(e) = std::fs::rename(&temp, target) {
+        let _ = std::fs::remove_dir_all(&temp);
+        // Another install of the same package finished first.
+        if !target.exists() {
+            return Err(fail(format!(
+                "cannot move the plugin into {}: {e}",
+                target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `name` as a relative path with only normal components.
+fn safe_relative(name: &str) -> Option<PathBuf> {
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        assert_eq!(safe_relative("a/b.py"), Some(PathBuf::from("a/b.py")));
+        assert_eq!(safe_relative("./a"), Some(PathBuf::from("a")));
+        assert_eq!(safe_relative("../a"), None);
+        assert_eq!(safe_relative("/etc/passwd"), None);
+        assert_eq!(safe_relative("a/../../b"), None);
+        assert_eq!(safe_relative(""), None);
+    }
+
+    #[test]
+    fn folder_names_are_path_safe() {
+        assert_eq!(
+            package_dir_name("author/name:0.0.1@abc"),
+            "author_name_0.0.1@abc"
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! `/mcp/{server_id}`: the Streamable HTTP endpoint of each MCP server, and
+//! its RFC 9728 protected-resource metadata.
+//!
+//! In front of rmcp's transport the gateway checks, in order: the `Origin`
+//! (a browser page of another site gets 403), then the bearer token (401
+//! with a `WWW-Authenticate` challenge pointing at the metadata). rmcp then
+//! checks `Host` against MCP_ALLOWED_HOSTS, runs sessions for the
+//! 2025-03-26…2025-11-25 revisions (initialize, `Mcp-Session-Id`, GET
+//! stream, DELETE) and serves 2026-07-28 requests statelessly.
+//!
+//! Each server gets its own rmcp service, so a session opened on one server
+//! can never be used on another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::handler::{Core, McpHandler};
+use super::records::McpStore;
+use super::seal::Sealer;
+use super::{ChunkStream, ToolCall};
+use crate::app_state::AppState;
+use crate::error::DaemonError;
+
+/// The path of the protected-resource metadata of a server, under the
+/// RFC 9728 well-known prefix.
+pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+/// Runs a plugin tool; the daemon's dispatch path in production.
+#[async_trait::async_trait]
+pub trait PluginInvoker: Send + Sync {
+    /// Opens the session and returns its chunks; dropping them cancels it.
+    async fn invoke(&self, call: ToolCall) -> Result<ChunkStream, DaemonError>;
+}
+
+type Service = StreamableHttpService<McpHandler, LocalSessionManager>;
+
+/// The MCP gateway: one rmcp service per server, created on first use.
+pub struct McpGateway {
+    core: Arc<Core>,
+    services: Mutex<HashMap<String, (Service, CancellationToken)>>,
+    shutdown: CancellationToken,
+    config: StreamableHttpServerConfig,
+    allowed_origins: Vec<String>,
+    public_url: Option<String>,
+}
+
+impl std::fmt::Debug for McpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpGateway").finish_non_exhaustive()
+    }
+}
+
+fn trimmed(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| s.trim().trim_end_matches('/').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl McpGateway {
+    /// A gateway over the daemon's state, running plugin tools with `invoker`.
+    pub fn new(state: AppState, invoker: Arc<dyn PluginInvoker>) -> Arc<Self> {
+        let settings = state.settings.clone();
+        let inner = Some(state.inner_api.clone());
+        let records = McpStore::new(state.store.clone(), Sealer::from_settings(&settings));
+        let hosts = trimmed(&settings.mcp_allowed_hosts);
+        let shutdown = CancellationToken::new();
+        let mut config = StreamableHttpServerConfig::default();
+        config = if hosts.iter().any(|h| h == "*") {
+            config.disable_allowed_hosts()
+        } else {
+            config.with_allowed_hosts(hosts)
+        };
+        Arc::new(Self {
+            core: Arc::new(Core {
+                state,
+                records,
+                invoker,
+                inner,
+            }),
+            services: Mutex::new(HashMap::new()),
+            shutdown,
+            config,
+            allowed_origins: trimmed(&settings.mcp_allowed_origins),
+            public_url: settings
+                .mcp_public_url
+                .as_deref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+        })
+    }
+
+    /// The server records and tokens.
+    pub fn records(&self) -> &McpStore {
+        &self.core.records
+    }
+
+    /// The public routes: `/mcp/{server_id}` and its metadata.
+    pub fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/mcp/{server_id}", any(serve))
+            .route(
+                &format!("{METADATA_PREFIX}/mcp/{{server_id}}"),
+                get(metadata),
+            )
+            .with_state(self.clone())
+    }
+
+    /// Ends the sessions of a server (after it was deleted or its tokens
+    /// revoked); its next request starts afresh.
+    pub fn forget(&self, server_id: &str) {
+        let removed = self
+            .services
+            .lock()
+            .expect("services lock")
+            .remove(server_id);
+        if let Some((_, token)) = removed {
+            token.cancel();
+        }
+    }
+
+    /// Ends every session (daemon shutdown).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    fn service(&self, server_id: &str) -> Service {
+        let mut services = self.services.lock().expect("services lock");
+        let (service, _) = services.entry(server_id.to_owned()).or_insert_with(|| {
+            let token = self.shutdown.child_token();
+            let core = self.core.clone();
+            let id = server_id.to_owned();
+            let service = StreamableHttpService::new(
+                move || Ok(McpHandler::new(core.clone(), id.clone())),
+                Arc::new(LocalSessionManager::default()),
+                self.config.clone().with_cancellation_token(token.clone()),
+            );
+            (service, token)
+        });
+        service.clone()
+    }
+
+    /// This daemon's base URL as the client sees it.
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let scheme = headers
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+            .filter(|s| *s == "https" || *s == "http")
+            .unwrap_or("http");
+        format!("{scheme}://{host}")
+    }
+
+    /// A request without an `Origin` (not from a browser) passes; a browser
+    /// request passes from the same origin or an allowed one.
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.trim_end_matches('/');
+        if self
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        match (origin.split_once("://"), host) {
+            (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+            _ => false,
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn challenge(gw: &McpGateway, headers: &HeaderMap, server_id: &str, invalid: bool) -> Response {
+    let metadata = format!("{}{METADATA_PREFIX}/mcp/{server_id}", gw.base_url(headers));
+    let mut value = format!("Bearer resource_metadata=\"{metadata}\"");
+    let body = if invalid {
+        value.push_str(", error=\"invalid_token\"");
+        json!({"error": "invalid_token", "error_description": "the access token is not valid for this server"})
+    } else {
+        json!({"error": "unauthorized", "error_description": "an access token is required"})
+    };
+    let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+async fn serve(
+    State(gw): State<Arc<McpGateway>>,
+    Path(server_id): Path<String>,
+    req: Request,
+) -> Response {
+    if !gw.origin_allowed(req.headers()) {
+        return (StatusCode::FORBIDDEN, "Forbidden: origin not allowed").into_response();
+    }
+    let Some(token) = bearer(req.headers()) else {
+        return challenge(&gw, req.headers(), &server_id, false);
+    };
+    match gw.core.records.authenticate(&server_id, token).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return challenge(&gw, req.headers(), &server_id, true),
+        Err(e) => return DaemonError::from(e).into_response(),
+    }
+    let service = gw.service(&server_id);
+    match service.oneshot(req).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// RFC 9728 metadata: tokens are issued by the daemon's management API,
+/// so there is no authorization server to name.
+async fn metadata(
+    State(gw): State<Arc<McpGateway>>,
+    Path(server_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let base = gw.base_url(&headers);
+    Json(json!({
+        "resource": format!("{base}/mcp/{server_id}"),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "plugind MCP server",
+    }))
+    .into_response()
+}

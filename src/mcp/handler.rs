@@ -1,0 +1,365 @@
+//! The rmcp [`ServerHandler`] of one MCP server record: lists its tools and
+//! runs them, plugin tools through the plugin invocation path and Dify apps
+//! through the inner API.
+//!
+//! The record is read on every request, so edits and deletions take effect
+//! at once, even for open sessions.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, DiscoverResult, Implementation,
+    InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+
+use super::content::{error_result, Collector};
+use super::records::{McpServer, McpStore, ToolSelection};
+use super::schema::{self, Entry, Target};
+use super::{apps, McpError, PluginInvoker, ToolCall};
+use crate::app_state::AppState;
+use crate::backwards::InnerApiClient;
+use crate::store::ProviderCategory;
+
+/// Providers read per page when listing a tenant's tools.
+const PROVIDER_PAGE: i64 = 256;
+
+/// What every server's handler shares.
+pub struct Core {
+    pub state: AppState,
+    pub records: McpStore,
+    pub invoker: Arc<dyn PluginInvoker>,
+    /// Dify's inner API, for app tools; `None` if it cannot be configured.
+    pub inner: Option<InnerApiClient>,
+}
+
+impl Core {
+    /// The plugin tools `server` exposes.
+    pub async fn plugin_entries(&self, server: &McpServer) -> Result<Vec<Entry>, McpError> {
+        let list = match &server.config.tools {
+            ToolSelection::Keyword(k) if k == "all" => None,
+            ToolSelection::List(list) if !list.is_empty() => Some(list),
+            _ => return Ok(Vec::new()),
+        };
+        let mut providers = Vec::new();
+        for page in 1.. {
+            let batch = self
+                .state
+                .store
+                .list_providers(
+                    &server.tenant_id,
+                    ProviderCategory::Tool,
+                    page,
+                    PROVIDER_PAGE,
+                )
+                .await?;
+            let done = (batch.len() as i64) < PROVIDER_PAGE;
+            providers.extend(batch);
+            if done {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        for p in providers {
+            let Some(decl) = self
+                .state
+                .store
+                .declaration(&p.plugin_unique_identifier)
+                .await?
+            else {
+                continue;
+            };
+            let Some(provider_decl) = decl.get("tool") else {
+                continue;
+            };
+            let provider = provider_decl
+                .pointer("/identity/name")
+                .and_then(Value::as_str)
+                .unwrap_or(&p.provider);
+            for t in provider_decl
+                .get("tools")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(tool) = t.pointer("/identity/name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let chosen = match list {
+                    None => true,
+                    Some(list) => list.iter().any(|r| {
+                        r.provider == provider
+                            && r.tool == tool
+                            && r.plugin_id.as_deref().is_none_or(|id| id == p.plugin_id)
+                    }),
+                };
+                if !chosen {
+                    continue;
+                }
+                let fixed = server
+                    .config
+                    .fixed_values
+                    .get(&format!("{provider}/{tool}"));
+                let Some(entry) = schema::plugin_tool(&p.plugin_id, provider, t, fixed) else {
+                    continue;
+                };
+                if names.insert(entry.tool.name.clone()) {
+                    out.push(entry);
+                } else {
+                    tracing::warn!(server = %server.id, name = %entry.tool.name, "two tools share a name; keeping the first");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The app tools `server` exposes. Apps whose form cannot be read are
+    /// left out (and logged) rather than failing the whole listing.
+    pub async fn app_entries(&self, server: &McpServer) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let Some(inner) = &self.inner else {
+            return out;
+        };
+        for app in &server.config.apps {
+            match apps::fetch_info(inner, &server.tenant_id, &server.user_id, &app.app_id).await {
+                Ok(info) => out.push(schema::app_tool(app, &info)),
+                Err(e) => {
+                    tracing::warn!(server = %server.id, app = %app.app_id, error = %e, "cannot read app form")
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sends `notifications/progress` for one call when the client asked for it.
+pub struct Progress {
+    peer: Peer<RoleServer>,
+    token: Option<ProgressToken>,
+    count: u32,
+}
+
+impl Progress {
+    /// Progress for a request whose `_meta` may carry a progress token.
+    pub fn new(peer: Peer<RoleServer>, token: Option<ProgressToken>) -> Self {
+        Self {
+            peer,
+            token,
+            count: 0,
+        }
+    }
+
+    /// One more step, with an optional message. A client that went away
+    /// does not fail the call.
+    pub async fn step(&mut self, message: Option<String>) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        self.count += 1;
+        let mut p = ProgressNotificationParam::new(token.clone(), f64::from(self.count));
+        if let Some(m) = message {
+            p = p.with_message(m);
+        }
+        if let Err(e) = self.peer.notify_progress(p).await {
+            tracing::debug!(error = %e, "progress notification not delivered");
+        }
+    }
+}
+
+/// The handler of one server; rmcp makes one per session (or per request
+/// in the stateless era).
+#[derive(Clone)]
+pub struct McpHandler {
+    core: Arc<Core>,
+    server_id: String,
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorData {
+    ErrorData::internal_error(e.to_string(), None)
+}
+
+impl McpHandler {
+    pub fn new(core: Arc<Core>, server_id: String) -> Self {
+        Self { core, server_id }
+    }
+
+    async fn server(&self) -> Result<McpServer, ErrorData> {
+        self.core
+            .records
+            .get_by_id(&self.server_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ErrorData::invalid_request("this MCP server no longer exists", None))
+    }
+
+    fn info_for(&self, server: &McpServer) -> ServerConfig {
+        let mut info = self.get_info().with_server_info(Implementation::new(
+            server.name.clone(),
+            env!("CARGO_PKG_VERSION"),
+        ));
+        if !server.description.is_empty() {
+            info = info.with_instructions(server.description.clone());
+        }
+        info
+    }
+
+    async fn call_plugin(
+        &self,
+        server: &McpServer,
+        entry: Entry,
+        args: Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let Target::Plugin {
+            plugin_id,
+            provider,
+            tool,
+        } = entry.target
+        else {
+            unreachable!("plugin entries have plugin targets");
+        };
+        let mut params = args;
+        params.extend(entry.fixed);
+        let credentials = self.core.records.credentials(server).map_err(internal)?;
+        let mut payload = Map::new();
+        payload.insert("provider".into(), json!(provider));
+        payload.insert("tool".into(), json!(tool));
+        payload.insert("tool_parameters".into(), Value::Object(params));
+        payload.insert(
+            "credentials".into(),
+            Value::Object(credentials.get(&provider).cloned().unwrap_or_default()),
+        );
+        payload.insert("credential_type".into(), json!("api-key"));
+        let call = ToolCall {
+            tenant_id: server.tenant_id.clone(),
+            plugin_id,
+            user_id: server.user_id.clone(),
+            payload,
+        };
+        let mut progress = Progress::new(context.peer.clone(), context.meta.get_progress_token());
+        let mut stream = match self.core.invoker.invoke(call).await {
+            Ok(s) => s,
+            Err(e) => return Ok(error_result(&e)),
+        };
+        let mut collector = Collector::new();
+        loop {
+            // Dropping the stream on cancellation cancels the plugin session.
+            let item = tokio::select! {
+                _ = context.ct.cancelled() => {
+                    return Err(ErrorData::internal_error("request cancelled", None));
+                }
+                item = stream.next() => item,
+            };
+            match item {
+                None => break,
+                Some(Ok(chunk)) => {
+                    let message = collector.push(&chunk);
+                    if collector.failed() {
+                        break;
+                    }
+                    progress.step(message).await;
+                }
+                Some(Err(e)) => return Ok(error_result(&e)),
+            }
+        }
+        Ok(collector.finish(entry.has_output_schema))
+    }
+}
+
+impl ServerHandler for McpHandler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("plugind", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let server = self.server().await?;
+        let negotiated = self.negotiate_initialize(&request)?;
+        let info = self
+            .info_for(&server)
+            .with_protocol_version(negotiated.protocol_version);
+        Ok(info)
+    }
+
+    async fn discover(
+        &self,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        let server = self.server().await?;
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.info_for(&server),
+        ))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let server = self.server().await?;
+        let mut entries = self.core.plugin_entries(&server).await.map_err(internal)?;
+        entries.extend(self.core.app_entries(&server).await);
+        Ok(ListToolsResult::with_all_items(
+            entries.into_iter().map(|e| e.tool).collect(),
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let server = self.server().await?;
+        let args = request.arguments.clone().unwrap_or_default();
+        let name = request.name.as_ref();
+        if let Some(app) = server
+            .config
+            .apps
+            .iter()
+            .find(|a| schema::app_tool_name(a) == name)
+            .cloned()
+        {
+            let Some(inner) = &self.core.inner else {
+                return Err(internal("Dify's inner API is not configured"));
+            };
+            let mut progress =
+                Progress::new(context.peer.clone(), context.meta.get_progress_token());
+            let run = apps::run(
+                inner,
+                &server.tenant_id,
+                &server.user_id,
+                &app,
+                args,
+                &mut progress,
+            );
+            return tokio::select! {
+                _ = context.ct.cancelled() => Err(ErrorData::internal_error("request cancelled", None)),
+                result = run => Ok(result.into()),
+            };
+        }
+        let entry = self
+            .core
+            .plugin_entries(&server)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|e| e.tool.name == name)
+            .ok_or_else(|| ErrorData::invalid_params(format!("unknown tool: {name}"), None))?;
+        Ok(self
+            .call_plugin(&server, entry, args, &context)
+            .await?
+            .into())
+    }
+}

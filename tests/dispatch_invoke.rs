@@ -1,0 +1,347 @@
+//! `dispatch::invoke` against an in-memory runtime that speaks the session
+//! protocol: installation lookup, chunk pass-through, backwards calls served
+//! in-session (plugin storage over the database), errors and cancellation.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{spawn_app, TestApp, TENANT};
+use futures::StreamExt;
+use plugind::dispatch::{self, InvokeRequest};
+use plugind::error::DaemonError;
+use plugind::runtime::protocol::SessionMessage;
+use plugind::runtime::{
+    BackwardsRequest, PluginError, PluginRuntime, RuntimeError, RuntimeState, SessionHeader,
+    SessionRequest, SessionStream, SessionTable,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex};
+
+/// A runtime whose "plugin" is the test: requests arrive on a channel, the
+/// test routes answers into the session table and reads what the daemon
+/// writes back.
+struct FakeRuntime {
+    identity: String,
+    table: Arc<SessionTable>,
+    writer: mpsc::Sender<Bytes>,
+    requests: mpsc::Sender<SessionRequest>,
+}
+
+#[async_trait::async_trait]
+impl PluginRuntime for FakeRuntime {
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+    fn state(&self) -> RuntimeState {
+        RuntimeState::Ready
+    }
+    async fn wait_ready(&self, _: Duration) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    async fn invoke(&self, request: SessionRequest) -> Result<SessionStream, RuntimeError> {
+        let timeout = request.timeout.unwrap_or(Duration::from_secs(30));
+        let stream = self
+            .table
+            .open(request.header.clone(), self.writer.clone(), timeout)?;
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| RuntimeError::ConnectionClosed)?;
+        Ok(stream)
+    }
+    async fn shutdown(&self) {}
+}
+
+struct Plugin {
+    table: Arc<SessionTable>,
+    requests: Mutex<mpsc::Receiver<SessionRequest>>,
+    written: Mutex<mpsc::Receiver<Bytes>>,
+}
+
+impl Plugin {
+    async fn request(&self) -> SessionRequest {
+        tokio::time::timeout(Duration::from_secs(5), self.requests.lock().await.recv())
+            .await
+            .expect("a request reaches the plugin")
+            .unwrap()
+    }
+    async fn written(&self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(5), self.written.lock().await.recv())
+            .await
+            .expect("the daemon writes to the plugin")
+            .unwrap();
+        serde_json::from_slice(&line).unwrap()
+    }
+}
+
+/// The common tool package with storage permission (1 KiB).
+fn storage_package() -> Vec<u8> {
+    let original = common::tool_package("kv", "0.0.1");
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(original)).unwrap();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).unwrap();
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).unwrap();
+        if file.name() == "manifest.yaml" {
+            data = String::from_utf8(data)
+                .unwrap()
+                .replace(
+                    "  permission: {}",
+                    "  permission:\n    storage:\n      enabled: true\n      size: 1024",
+                )
+                .into_bytes();
+        }
+        w.start_file(file.name(), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(&data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+async fn setup() -> (TestApp, Plugin) {
+    let app = spawn_app().await;
+    let (identifier, task) = app.install(storage_package()).await;
+    assert_eq!(task["status"], "success", "{task}");
+    let table = SessionTable::new();
+    let (writer, written) = mpsc::channel(64);
+    let (requests_tx, requests) = mpsc::channel(8);
+    app.state.registry.insert(
+        identifier.clone(),
+        Arc::new(FakeRuntime {
+            identity: identifier,
+            table: table.clone(),
+            writer,
+            requests: requests_tx,
+        }),
+    );
+    (
+        app,
+        Plugin {
+            table,
+            requests: Mutex::new(requests),
+            written: Mutex::new(written),
+        },
+    )
+}
+
+fn request(plugin_id: &str) -> InvokeRequest {
+    let Value::Object(payload) =
+        json!({"provider": "kv", "tool": "echo", "tool_parameters": {"text": "hi"}})
+    else {
+        unreachable!()
+    };
+    InvokeRequest {
+        tenant_id: TENANT.into(),
+        plugin_id: plugin_id.into(),
+        access_type: "tool".into(),
+        action: "invoke_tool".into(),
+        user_id: "u1".into(),
+        header: SessionHeader {
+            app_id: Some("app-1".into()),
+            ..Default::default()
+        },
+        payload,
+        timeout: None,
+    }
+}
+
+#[tokio::test]
+async fn an_uninstalled_plugin_is_not_found() {
+    let (app, _plugin) = setup().await;
+    let err = dispatch::invoke(&app.state, request("langgenius/other"))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, DaemonError::PluginNotFound), "{err:?}");
+    let mut other_tenant = request("langgenius/kv");
+    other_tenant.tenant_id = "someone-else".into();
+    let err = dispatch::invoke(&app.state, other_tenant)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, DaemonError::PluginNotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn chunks_pass_through_and_the_stream_ends_with_the_session() {
+    let (app, plugin) = setup().await;
+    let mut stream = dispatch::invoke(&app.state, request("langgenius/kv"))
+        .await
+        .unwrap();
+    let req = plugin.request().await;
+    assert_eq!(req.access_type, "tool");
+    assert_eq!(req.action, "invoke_tool");
+    assert_eq!(req.user_id, "u1");
+    assert_eq!(req.header.app_id.as_deref(), Some("app-1"));
+    assert!(!req.header.session_id.is_empty());
+    assert_eq!(req.payload["tool_parameters"], json!({"text": "hi"}));
+    let sid = req.header.session_id.clone();
+    let chunk = json!({"type": "text", "message": {"text": "hi"}, "meta": null});
+    assert!(
+        plugin
+            .table
+            .route(&sid, SessionMessage::Stream(chunk.clone()))
+            .await
+    );
+    assert!(plugin.table.route(&sid, SessionMessage::End).await);
+    assert_eq!(stream.next().await.unwrap().unwrap(), chunk);
+    assert!(stream.next().await.is_none());
+    assert!(plugin.table.is_empty());
+}
+
+#[tokio::test]
+async fn plugin_errors_become_plugin_invoke_errors() {
+    let (app, plugin) = setup().await;
+    let mut stream = dispatch::invoke(&app.state, request("langgenius/kv"))
+        .await
+        .unwrap();
+    let sid = plugin.request().await.header.session_id;
+    plugin
+        .table
+        .route(
+            &sid,
+            SessionMessage::Error(PluginError {
+                message: "boom".into(),
+                error_type: "ValueError".into(),
+                args: Some(json!({})),
+            }),
+        )
+        .await;
+    match stream.next().await {
+        Some(Err(DaemonError::PluginInvoke(text))) => {
+            let inner: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                inner,
+                json!({"message": "boom", "error_type": "ValueError", "args": {}})
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
+async fn a_session_past_its_timeout_is_killed_by_timeout() {
+    let (app, plugin) = setup().await;
+    let mut req = request("langgenius/kv");
+    req.timeout = Some(Duration::from_millis(300));
+    let mut stream = dispatch::invoke(&app.state, req).await.unwrap();
+    let _ = plugin.request().await;
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.error_type(), "PluginDaemonInternalServerError");
+    assert_eq!(err.to_string(), "killed by timeout");
+    assert!(plugin.table.is_empty());
+}
+
+#[tokio::test]
+async fn storage_calls_are_answered_in_session_from_the_database() {
+    let (app, plugin) = setup().await;
+    let mut stream = dispatch::invoke(&app.state, request("langgenius/kv"))
+        .await
+        .unwrap();
+    let sid = plugin.request().await.header.session_id;
+    let call = |id: &str, request: Value| {
+        SessionMessage::Invoke(BackwardsRequest {
+            kind: "storage".into(),
+            backwards_request_id: id.into(),
+            request,
+        })
+    };
+    // The backwards call is served while the caller reads the stream.
+    let reader = tokio::spawn(async move {
+        let mut chunks = Vec::new();
+        while let Some(item) = stream.next().await {
+            chunks.push(item.unwrap());
+        }
+        chunks
+    });
+    plugin
+        .table
+        .route(
+            &sid,
+            call(
+                "b1",
+                json!({"opt": "set", "key": "k", "value": hex::encode(b"hello")}),
+            ),
+        )
+        .await;
+    let first = plugin.written().await;
+    assert_eq!(first["session_id"], sid);
+    assert_eq!(first["app_id"], "app-1");
+    assert_eq!(first["event"], "backwards_response");
+    assert_eq!(
+        first["data"],
+        json!({"backwards_request_id": "b1", "event": "response", "message": "struct", "data": {"data": "ok"}})
+    );
+    assert_eq!(plugin.written().await["data"]["event"], "end");
+    assert_eq!(
+        app.state
+            .store
+            .kv_get(TENANT, "langgenius/kv", "k")
+            .await
+            .unwrap(),
+        Some(b"hello".to_vec())
+    );
+
+    // Past the manifest's 1 KiB the write is refused with an error event.
+    plugin
+        .table
+        .route(
+            &sid,
+            call(
+                "b2",
+                json!({"opt": "set", "key": "big", "value": hex::encode([7u8; 2000])}),
+            ),
+        )
+        .await;
+    let refused = plugin.written().await;
+    assert_eq!(refused["data"]["backwards_request_id"], "b2");
+    assert_eq!(refused["data"]["event"], "error");
+    assert!(
+        refused["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allocated size is greater than max storage size"),
+        "{refused}"
+    );
+    assert_eq!(plugin.written().await["data"]["event"], "end");
+
+    // A malformed call gets an error and an end too.
+    plugin
+        .table
+        .route(&sid, call("b3", json!("not an object")))
+        .await;
+    let bad = plugin.written().await;
+    assert_eq!(bad["data"]["event"], "error");
+    assert_eq!(plugin.written().await["data"]["event"], "end");
+
+    plugin
+        .table
+        .route(&sid, SessionMessage::Stream(json!({"n": 1})))
+        .await;
+    plugin.table.route(&sid, SessionMessage::End).await;
+    assert_eq!(reader.await.unwrap(), vec![json!({"n": 1})]);
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_session() {
+    let (app, plugin) = setup().await;
+    let stream = dispatch::invoke(&app.state, request("langgenius/kv"))
+        .await
+        .unwrap();
+    let sid = plugin.request().await.header.session_id;
+    assert_eq!(plugin.table.len(), 1);
+    drop(stream);
+    assert!(plugin.table.is_empty());
+    assert!(
+        !plugin
+            .table
+            .route(&sid, SessionMessage::Stream(json!(1)))
+            .await
+    );
+}

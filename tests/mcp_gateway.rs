@@ -1,0 +1,517 @@
+//! The MCP gateway end to end: management API, bearer auth, Origin checks,
+//! and real MCP clients (rmcp and the Python `mcp` package) listing and
+//! calling the fixture `echo_tool` plugin's tools. Tool sessions are played
+//! by an invoker that answers with the chunks the real plugin sends
+//! (tests/fixtures/README.md), so every content kind is exercised.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{TestApp, KEY, TENANT};
+use futures::StreamExt;
+use plugind::app_state::AppState;
+use plugind::error::DaemonError;
+use plugind::mcp::{ChunkStream, McpGateway, PluginInvoker, ToolCall};
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
+use serde_json::{json, Value};
+
+/// Answers tool calls as the echo_tool fixture does, and records them.
+#[derive(Default)]
+struct EchoInvoker {
+    calls: Mutex<Vec<ToolCall>>,
+}
+
+fn text(t: &str) -> Value {
+    json!({"type": "text", "message": {"text": t}, "meta": null})
+}
+
+#[async_trait::async_trait]
+impl PluginInvoker for EchoInvoker {
+    async fn invoke(&self, call: ToolCall) -> Result<ChunkStream, DaemonError> {
+        self.calls.lock().unwrap().push(call.clone());
+        let params = call.payload["tool_parameters"].clone();
+        let s = |k: &str| params[k].as_str().unwrap_or("").to_owned();
+        let chunks: Vec<Result<Value, DaemonError>> = match call.payload["tool"].as_str().unwrap() {
+            "echo" => vec![Ok(text(&s("text")))],
+            "json" => vec![Ok(
+                json!({"type": "json", "message": {"json_object": {"echo": s("text"), "length": s("text").len()}}, "meta": null}),
+            )],
+            "blob" => {
+                let size = params["size"].as_u64().unwrap_or(20000) as usize;
+                let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let meta =
+                    json!({"mime_type": "application/octet-stream", "filename": "pattern.bin"});
+                let mut out: Vec<_> = data
+                    .chunks(8192)
+                    .enumerate()
+                    .map(|(i, piece)| Ok(json!({"type": "blob_chunk", "message": {"id": "b1", "sequence": i,
+                        "total_length": size, "blob": base64::engine::general_purpose::STANDARD.encode(piece), "end": false}, "meta": meta})))
+                    .collect();
+                out.push(Ok(
+                    json!({"type": "blob_chunk", "message": {"id": "b1", "sequence": out.len(),
+                    "total_length": size, "blob": "", "end": true}, "meta": meta}),
+                ));
+                out
+            }
+            "fail" => vec![Err(DaemonError::PluginInvoke(
+                json!({"message": s("reason"), "error_type": "ValueError", "args": {}}).to_string(),
+            ))],
+            "slow" => {
+                let count = params["count"].as_u64().unwrap_or(3);
+                let delay = params["delay"].as_f64().unwrap_or(0.1);
+                let stream = futures::stream::iter(0..count).then(move |i| async move {
+                    tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+                    Ok(text(&format!("chunk {i}")))
+                });
+                return Ok(Box::pin(stream));
+            }
+            other => panic!("unexpected tool {other}"),
+        };
+        Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+}
+
+struct Fixture {
+    app: TestApp,
+    invoker: Arc<EchoInvoker>,
+    server_id: String,
+    token: String,
+}
+
+impl Fixture {
+    fn mcp_url(&self) -> String {
+        format!("{}/mcp/{}", self.app.base, self.server_id)
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}/plugin/{TENANT}/mcp/servers{path}", self.app.base)
+    }
+}
+
+/// The echo_tool fixture folder as a package.
+fn echo_tool_package() -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/echo_tool");
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("__pycache__") {
+                    stack.push(p);
+                }
+            } else {
+                let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned();
+                files.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    common::build_zip(&refs)
+}
+
+async fn start(extra: &[&str]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = common::fresh_database_url(dir.path()).await;
+    let settings = common::settings(dir.path(), &database_url, extra);
+    let state = AppState::build(settings).await.unwrap();
+    let invoker = Arc::new(EchoInvoker::default());
+    let gateway = McpGateway::new(state.clone(), invoker.clone());
+    let router = plugind::api::app_with_mcp(state.clone(), gateway);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let app = TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        state,
+        dir,
+        database_url,
+    };
+    let (_, task) = app.install(echo_tool_package()).await;
+    assert_eq!(task["status"], "success", "{task}");
+    let mut f = Fixture {
+        app,
+        invoker,
+        server_id: String::new(),
+        token: String::new(),
+    };
+    let created: Value = f
+        .app
+        .client
+        .post(f.api(""))
+        .header("X-Api-Key", KEY)
+        .json(&json!({
+            "name": "echo server",
+            "description": "Echo tools",
+            "user_id": "u1",
+            "tools": "all",
+            "fixed_values": {"echo_tool/slow": {"delay": 0.05}},
+            "credentials": {"echo_tool": {"api_key": "top-secret-key"}}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["code"], 0, "{created}");
+    f.server_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let token: Value = f
+        .app
+        .client
+        .post(f.api(&format!("/{}/tokens", f.server_id)))
+        .header("X-Api-Key", KEY)
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    f.token = token["data"]["token"].as_str().unwrap().to_owned();
+    f
+}
+
+#[tokio::test]
+async fn records_keep_credentials_sealed_and_tokens_hashed() {
+    let f = start(&[]).await;
+    let got: Value = f
+        .app
+        .client
+        .get(f.api(&format!("/{}", f.server_id)))
+        .header("X-Api-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"]["name"], "echo server");
+    assert_eq!(got["data"]["credential_providers"], json!(["echo_tool"]));
+    assert!(!got.to_string().contains("top-secret-key"));
+    let pool = f.app.state.store.pool();
+    let row: (String,) = sqlx::query_as("SELECT credentials FROM mcp_servers")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(!row.0.is_empty() && !row.0.contains("top-secret"));
+    let hash: (String,) = sqlx::query_as("SELECT token_hash FROM mcp_tokens")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_ne!(hash.0, f.token);
+    assert_eq!(hash.0, plugind::mcp::records::token_hash(&f.token));
+    // Without the key the management API refuses.
+    let r = f.app.client.get(f.api("")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Duplicate names are refused; delete removes the server and its tokens.
+    let dup: Value = f
+        .app
+        .client
+        .post(f.api(""))
+        .header("X-Api-Key", KEY)
+        .json(&json!({"name": "echo server"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dup["code"], -400, "{dup}");
+    let del: Value = f
+        .app
+        .client
+        .post(f.api(&format!("/{}/delete", f.server_id)))
+        .header("X-Api-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(del["data"], true);
+    let r = f
+        .app
+        .client
+        .post(f.mcp_url())
+        .bearer_auth(&f.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a deleted server's tokens are gone");
+}
+
+#[tokio::test]
+async fn missing_or_wrong_tokens_get_a_challenge_pointing_at_the_metadata() {
+    let f = start(&[]).await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = f
+        .app
+        .client
+        .post(f.mcp_url())
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let expected = format!(
+        "{}/.well-known/oauth-protected-resource/mcp/{}",
+        f.app.base, f.server_id
+    );
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{expected}\"")
+    );
+    let meta: Value = reqwest::get(&expected).await.unwrap().json().await.unwrap();
+    assert_eq!(meta["resource"], f.mcp_url());
+    assert_eq!(meta["bearer_methods_supported"], json!(["header"]));
+
+    let r = f
+        .app
+        .client
+        .post(f.mcp_url())
+        .bearer_auth("pdmcp_wrong")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+
+    // A token of one server does not open another.
+    let other: Value = f
+        .app
+        .client
+        .post(f.api(""))
+        .header("X-Api-Key", KEY)
+        .json(&json!({"name": "other"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_url = format!(
+        "{}/mcp/{}",
+        f.app.base,
+        other["data"]["id"].as_str().unwrap()
+    );
+    let r = f
+        .app
+        .client
+        .post(other_url)
+        .bearer_auth(&f.token)
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn foreign_origins_are_forbidden_and_allowed_ones_pass() {
+    let f = start(&["--mcp-allowed-origins", "https://app.example.com"]).await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let send = |origin: &'static str| {
+        f.app
+            .client
+            .post(f.mcp_url())
+            .bearer_auth(&f.token)
+            .header("Origin", origin)
+            .header("Accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+    };
+    assert_eq!(
+        send("https://evil.example.com").await.unwrap().status(),
+        403
+    );
+    let ok = send("https://app.example.com").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get("mcp-session-id").is_some());
+}
+
+#[tokio::test]
+async fn rmcp_client_lists_and_calls_every_content_kind() {
+    let f = start(&[]).await;
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(f.mcp_url()).auth_header(f.token.clone()),
+    );
+    let client = ().serve(transport).await.unwrap();
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "echo server");
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "echo_tool__blob",
+            "echo_tool__echo",
+            "echo_tool__fail",
+            "echo_tool__json",
+            "echo_tool__slow"
+        ]
+    );
+    let slow = tools.iter().find(|t| t.name == "echo_tool__slow").unwrap();
+    let schema = Value::Object((*slow.input_schema).clone());
+    assert_eq!(
+        schema["properties"]["count"],
+        json!({"type": "number", "default": 3, "description": "How many chunks to send"})
+    );
+    assert!(
+        schema["properties"].get("delay").is_none(),
+        "fixed values are hidden"
+    );
+    let echo = tools.iter().find(|t| t.name == "echo_tool__echo").unwrap();
+    assert_eq!(echo.input_schema["required"], json!(["text"]));
+
+    let call = |name: &'static str, args: Value| {
+        CallToolRequestParams::new(name).with_arguments(args.as_object().unwrap().clone())
+    };
+    let r = client
+        .call_tool(call("echo_tool__echo", json!({"text": "hi"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&r).unwrap()["content"],
+        json!([{"type": "text", "text": "hi"}])
+    );
+    let r = client
+        .call_tool(call("echo_tool__json", json!({"text": "hi"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.structured_content,
+        Some(json!({"echo": "hi", "length": 2}))
+    );
+    let r = client
+        .call_tool(call("echo_tool__blob", json!({"size": 20000})))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["content"][0]["type"], "resource");
+    assert_eq!(
+        v["content"][0]["resource"]["mimeType"],
+        "application/octet-stream"
+    );
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(v["content"][0]["resource"]["blob"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(blob.len(), 20000);
+    assert_eq!(blob[300], (300 % 251) as u8);
+    let r = client
+        .call_tool(call("echo_tool__fail", json!({"reason": "boom"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(
+        serde_json::to_value(&r).unwrap()["content"][0]["text"],
+        "ValueError: boom"
+    );
+    let err = client.call_tool(call("nope", json!({}))).await.unwrap_err();
+    assert!(err.to_string().contains("unknown tool"), "{err}");
+
+    // The plugin got the provider's credentials and the fixed values.
+    let calls = f.invoker.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls[0].payload["credentials"],
+        json!({"api_key": "top-secret-key"})
+    );
+    assert_eq!(calls[0].payload["provider"], "echo_tool");
+    assert_eq!(calls[0].user_id, "u1");
+    assert_eq!(calls[0].tenant_id, TENANT);
+    assert_eq!(calls[0].plugin_id, "plugind/echo_tool");
+    client.cancel().await.unwrap();
+}
+
+fn tools_python() -> Option<String> {
+    let env = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/setup-python.sh"
+        ))
+        .arg("--print-env-file")
+        .output()
+        .ok()?;
+    let file = String::from_utf8(env.stdout).ok()?;
+    let text = std::fs::read_to_string(file.trim()).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("export TOOLS_PYTHON="))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+async fn python_client(f: &Fixture, mode: &str, calls: Value) -> Value {
+    let python = tools_python().expect("the tools venv (scripts/setup-python.sh)");
+    let out = tokio::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/mcp_client.py"
+        ))
+        .arg(f.mcp_url())
+        .arg(&f.token)
+        .arg(mode)
+        .arg(calls.to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn python_client_in_both_eras_gets_results_and_progress() {
+    let f = start(&[]).await;
+    for mode in ["legacy", "auto"] {
+        let out = python_client(
+            &f,
+            mode,
+            json!([
+                ["echo_tool__json", {"text": "hey"}],
+                ["echo_tool__slow", {"count": 3}],
+                ["echo_tool__fail", {"reason": "nope"}]
+            ]),
+        )
+        .await;
+        assert_eq!(out["tools"].as_array().unwrap().len(), 5, "{mode}: {out}");
+        let json_call = &out["calls"][0]["result"];
+        assert_eq!(
+            json_call["structuredContent"],
+            json!({"echo": "hey", "length": 3}),
+            "{mode}"
+        );
+        let slow = &out["calls"][1];
+        assert_eq!(
+            slow["result"]["content"][0]["text"], "chunk 0chunk 1chunk 2",
+            "{mode}"
+        );
+        let steps: Vec<f64> = slow["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["progress"].as_f64().unwrap())
+            .collect();
+        assert_eq!(steps, [1.0, 2.0, 3.0], "{mode}: {slow}");
+        assert_eq!(out["calls"][2]["result"]["isError"], true, "{mode}");
+    }
+}
