@@ -77,6 +77,21 @@ impl Harness {
 
     /// The tenant's installations as the management list shows them.
     async fn list(&self, tenant: &str) -> Vec<Value> {
+        // The list reads installations and declarations one after the
+        // other, so an uninstall landing in between fails one listing;
+        // asking again sees the settled state.
+        let mut last = Value::Null;
+        for _ in 0..5 {
+            match self.try_list(tenant).await {
+                Ok(list) => return list,
+                Err(body) => last = body,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("listing keeps failing: {last}");
+    }
+
+    async fn try_list(&self, tenant: &str) -> Result<Vec<Value>, Value> {
         let r = self
             .app
             .client
@@ -87,8 +102,10 @@ impl Harness {
             .await
             .unwrap();
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body["code"], 0, "{body}");
-        body["data"]["list"].as_array().unwrap().clone()
+        if body["code"] != 0 {
+            return Err(body);
+        }
+        Ok(body["data"]["list"].as_array().unwrap().clone())
     }
 
     /// Waits until `plugin_id` is (or is no longer) listed for the tenant;
@@ -119,6 +136,53 @@ impl Harness {
             .registry
             .get(identifier)
             .expect("runtime registered")
+    }
+}
+
+impl Harness {
+    /// `POST dispatch/tool/invoke` as Dify sends it; returns the HTTP
+    /// status and the envelopes (each SSE `data:` line, or the one JSON
+    /// body of a refusal).
+    async fn dispatch_tool(
+        &self,
+        tenant: &str,
+        plugin_id: &str,
+        tool: &str,
+        params: Value,
+    ) -> (u16, Vec<Value>) {
+        let r = self
+            .app
+            .client
+            .post(format!(
+                "{}/plugin/{tenant}/dispatch/tool/invoke",
+                self.app.base
+            ))
+            .header("X-Api-Key", KEY)
+            .header("X-Plugin-ID", plugin_id)
+            .json(&json!({
+                "user_id": "u1",
+                "data": {
+                    "provider": plugin_id.split('/').nth(1).unwrap(),
+                    "tool": tool,
+                    "tool_parameters": params,
+                    "credentials": {"api_key": "k"},
+                    "credential_type": "api-key",
+                }
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        let envelopes = if body.starts_with("data: ") {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        } else {
+            vec![serde_json::from_str(&body).unwrap()]
+        };
+        (status, envelopes)
     }
 }
 
@@ -259,6 +323,33 @@ async fn real_plugin_registers_answers_and_goes_away_when_killed() {
     assert_eq!(texts(&chunks), ["hi"]);
     assert_eq!(chunks[0]["type"], "text");
 
+    // The same through Dify's HTTP dispatch route.
+    let (status, envelopes) = h
+        .dispatch_tool(
+            TENANT,
+            "plugind/echo_tool",
+            "echo",
+            json!({"text": "over http"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(envelopes.len(), 1, "{envelopes:?}");
+    assert_eq!(envelopes[0]["code"], 0);
+    assert_eq!(envelopes[0]["data"]["message"]["text"], "over http");
+    // Another tenant has no such installation.
+    let (_, other) = h
+        .dispatch_tool(
+            OTHER_TENANT,
+            "plugind/echo_tool",
+            "echo",
+            json!({"text": "x"}),
+        )
+        .await;
+    assert_eq!(
+        common::error_body(&other[0])["error_type"],
+        "PluginNotFoundError"
+    );
+
     // A plugin error stays the plugin's own.
     let err = collect(
         runtime
@@ -322,6 +413,13 @@ async fn real_plugin_registers_answers_and_goes_away_when_killed() {
             .await,
         Err(RuntimeError::Unavailable(_))
     ));
+    let (_, gone) = h
+        .dispatch_tool(TENANT, "plugind/echo_tool", "echo", json!({"text": "late"}))
+        .await;
+    assert_eq!(
+        common::error_body(&gone[0])["error_type"],
+        "PluginNotFoundError"
+    );
 
     // Restarted, it registers again under the same identifier and answers.
     let _plugin = spawn_sdk_plugin(h.addr(), &key);
@@ -770,4 +868,51 @@ async fn a_reconnecting_plugin_replaces_its_earlier_connection() {
     drop(first);
     still_answers(&h, &id).await;
     assert_eq!(h.list(TENANT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_dispatch_in_flight_when_the_plugin_disconnects_ends_with_the_typed_error() {
+    let h = start(quick_options()).await;
+    let key = h.key(TENANT).await;
+    let mut stream = TcpStream::connect(h.addr()).await.unwrap();
+    stream.write_all(&handshake(&key)).await.unwrap();
+    stream.write_all(&registration("mute")).await.unwrap();
+    h.wait_listed(TENANT, "plugind/mute", true).await;
+    let call = {
+        let base = h.app.base.clone();
+        let client = h.app.client.clone();
+        tokio::spawn(async move {
+            let r = client
+                .post(format!("{base}/plugin/{TENANT}/dispatch/tool/invoke"))
+                .header("X-Api-Key", KEY)
+                .header("X-Plugin-ID", "plugind/mute")
+                .json(&json!({"user_id": "u1", "data": {"provider": "mute", "tool": "t", "tool_parameters": {}}}))
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        })
+    };
+    // The request reaches the plugin, which then goes away without answering.
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read).lines();
+    let req: Value = serde_json::from_str(&reader.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(req["data"]["tool"], "t");
+    drop(reader);
+    drop(write);
+    let body = call.await.unwrap();
+    let last: Value = serde_json::from_str(
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["code"], -500);
+    let err = common::error_body(&last);
+    assert_eq!(err["error_type"], "PluginInvokeError");
+    let inner: Value = serde_json::from_str(err["message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["error_type"], "ConnectionClosedError");
+    assert_eq!(inner["message"], "Connection closed unexpectedly");
+    h.wait_listed(TENANT, "plugind/mute", false).await;
 }
