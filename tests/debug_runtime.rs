@@ -904,7 +904,7 @@ async fn a_dispatch_in_flight_when_the_plugin_disconnects_ends_with_the_typed_er
     let last: Value = serde_json::from_str(
         body.lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .next_back()
             .unwrap(),
     )
     .unwrap();
