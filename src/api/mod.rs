@@ -1,6 +1,7 @@
 //! The HTTP API: `/health/check` and the Dify-compatible management routes
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
+pub mod debugging;
 pub mod dispatch;
 pub mod endpoint;
 pub mod envelope;
@@ -104,6 +105,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
         .merge(mcp::routes(gateway.clone()))
         .merge(endpoints.management)
+        .merge(debugging::routes(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,

@@ -15,6 +15,7 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod debugging;
 mod endpoints;
 mod kv;
 mod models;
