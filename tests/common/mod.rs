@@ -102,6 +102,11 @@ pub async fn serve(
     let state = AppState::build_with_step(settings, step).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // As `plugind serve` does: small response pieces go out at once
+    // instead of waiting for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = plugind::api::app(state.clone());
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
