@@ -292,19 +292,22 @@ impl<'a> Declarations<'a> {
     }
 
     async fn get(&mut self, identifier: &str) -> Result<Value> {
+        self.find(identifier).await?.ok_or_else(|| {
+            DaemonError::internal_msg(format!("declaration of {identifier} is missing"))
+        })
+    }
+
+    /// The declaration, or `None` when it is gone (its last installation was
+    /// removed since the caller listed it).
+    async fn find(&mut self, identifier: &str) -> Result<Option<Value>> {
         if let Some(d) = self.cache.get(identifier) {
-            return Ok(d.clone());
+            return Ok(Some(d.clone()));
         }
-        let decl = self
-            .state
-            .store
-            .declaration(identifier)
-            .await?
-            .ok_or_else(|| {
-                DaemonError::internal_msg(format!("declaration of {identifier} is missing"))
-            })?;
-        self.cache.insert(identifier.to_owned(), decl.clone());
-        Ok(decl)
+        let found = self.state.store.declaration(identifier).await?;
+        if let Some(decl) = &found {
+            self.cache.insert(identifier.to_owned(), decl.clone());
+        }
+        Ok(found)
     }
 }
 
@@ -331,7 +334,11 @@ pub async fn list_plugins(
     let mut decls = Declarations::new(&state);
     let mut list = Vec::with_capacity(installations.len());
     for inst in installations {
-        let decl = decls.get(&inst.plugin_unique_identifier).await?;
+        // An uninstall between the two reads drops the row rather than
+        // failing the whole listing.
+        let Some(decl) = decls.find(&inst.plugin_unique_identifier).await? else {
+            continue;
+        };
         list.push(json!({
             "id": inst.id,
             "name": decl.get("name").cloned().unwrap_or(Value::Null),
