@@ -293,7 +293,7 @@ impl<'a> Declarations<'a> {
 
     async fn get(&mut self, identifier: &str) -> Result<Value> {
         self.find(identifier).await?.ok_or_else(|| {
-            DaemonError::internal_msg(format!("declaration of {identifier} is missing"))
+            DaemonError::internal_msg(format!("declaration of {identifier} is missing")).into()
         })
     }
 
