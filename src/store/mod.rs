@@ -17,6 +17,7 @@
 
 mod endpoints;
 mod kv;
+mod listing;
 mod models;
 mod runtimes;
 
