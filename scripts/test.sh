@@ -65,7 +65,7 @@ POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
 POSTGRES_STARTED=1
 say "store and API suites on PostgreSQL"
 PLUGIND_TEST_POSTGRES_URL="$POSTGRES_URL" cargo test --no-fail-fast \
-  --test store --test endpoint_store --test api_management --test dispatch_invoke
+  --test store --test endpoint_store --test api_management --test api_bundle --test dispatch_invoke
 
 say "plugind serve"
 # Built on its own: `cargo test` may not build the binary (no integration test

@@ -51,6 +51,12 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
             )),
         )
         .route(
+            &format!("{m}/install/upload/bundle"),
+            post(h::upload_bundle).layer(DefaultBodyLimit::max(
+                usize::try_from(upload_limit).unwrap_or(usize::MAX),
+            )),
+        )
+        .route(
             &format!("{m}/install/identifiers"),
             post(h::install_identifiers),
         )
@@ -78,6 +84,15 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route(&format!("{m}/fetch/readme"), get(h::fetch_readme))
         .route(&format!("{m}/uninstall"), post(h::uninstall))
         .route(&format!("{m}/list"), get(h::list_plugins))
+        .route(
+            &format!("{m}/installation/ids"),
+            get(h::installed_plugin_ids),
+        )
+        .route(
+            &format!("{m}/{{category}}/list"),
+            get(h::list_plugins_by_category),
+        )
+        .route(&format!("{m}/models/bindings"), get(h::list_model_bindings))
         .route(
             &format!("{m}/installation/fetch/batch"),
             post(h::fetch_installations),

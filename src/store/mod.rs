@@ -18,6 +18,7 @@
 mod debugging;
 mod endpoints;
 mod kv;
+mod listing;
 mod models;
 mod runtimes;
 
