@@ -75,11 +75,14 @@ cargo build --bin plugind
 PLUGIND_BIN="$CARGO_TARGET_DIR/debug/plugind"
 PORT="$("$TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 SERVER_KEY="test-key-$RANDOM$RANDOM"
+DEBUG_PORT="$("$TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 mkdir -p "$WORK/storage"
 (
   # The daemon under test uses its embedded defaults, whatever the caller's shell has set.
   unset DB_TYPE DB_HOST DATABASE_URL PLUGIN_STORAGE_TYPE
   export SERVER_HOST=127.0.0.1 SERVER_PORT="$PORT" SERVER_KEY
+  # The debug listener stays on loopback, on a port of its own.
+  export PLUGIN_REMOTE_INSTALLING_HOST=127.0.0.1 PLUGIN_REMOTE_INSTALLING_PORT="$DEBUG_PORT"
   # Nothing listens there: the tests make no backwards calls.
   export DIFY_INNER_API_URL="http://127.0.0.1:9" DIFY_INNER_API_KEY="inner-test-key"
   export PLUGIN_STORAGE_LOCAL_ROOT="$WORK/storage" PLATFORM=local

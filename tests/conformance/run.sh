@@ -84,6 +84,8 @@ mkdir -p "$WORK/storage"
   export PLUGIN_STORAGE_LOCAL_ROOT="$WORK/storage" PLATFORM=local
   export PYTHON_INTERPRETER_PATH="$PYTHON312" UV_PATH
   export FORCE_VERIFYING_SIGNATURE=false
+  # No debug listener: nothing here attaches over TCP, and 5003 may be taken.
+  export PLUGIN_REMOTE_INSTALLING_ENABLED=false
   exec "$PLUGIND_BIN" serve
 ) >"$WORK/plugind.log" 2>&1 &
 DAEMON_PID=$!
