@@ -19,6 +19,7 @@ mod endpoints;
 mod kv;
 mod models;
 mod runtimes;
+mod serverless;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,7 @@ use sqlx::{AnyPool, Row};
 pub use endpoints::{default_expiry, EndpointRecord, NewEndpoint};
 pub use kv::SqlKvStore;
 pub use models::*;
+pub use serverless::ServerlessRuntimeRecord;
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
