@@ -54,24 +54,20 @@ fn refuse(status: StatusCode, error: DaemonError) -> Response {
     response
 }
 
-fn claims(state: &AppState, headers: &HeaderMap) -> Result<TokenClaims, Response> {
-    let unauthorized = |why: &str| {
-        tracing::warn!(reason = why, "backwards transaction refused");
-        refuse(StatusCode::UNAUTHORIZED, DaemonError::Unauthorized)
-    };
+/// The token's claims, or why the caller is refused.
+fn claims(state: &AppState, headers: &HeaderMap) -> Result<TokenClaims, String> {
     let session_id = headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| unauthorized("missing session header"))?;
+        .ok_or("missing session header")?;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("missing bearer token"))?;
+        .ok_or("missing bearer token")?;
     let key = state.settings.serverless_token_key();
-    verify_token(&key, token.trim(), session_id, unix_now())
-        .map_err(|e| unauthorized(&e.to_string()))
+    verify_token(&key, token.trim(), session_id, unix_now()).map_err(|e| e.to_string())
 }
 
 /// The invoke data of a body: a whole plugin session line, or the data.
@@ -115,7 +111,10 @@ async fn context(state: &AppState, claims: &TokenClaims) -> Result<BackwardsCont
 async fn transaction(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let claims = match claims(&state, &headers) {
         Ok(claims) => claims,
-        Err(response) => return response,
+        Err(reason) => {
+            tracing::warn!(%reason, "backwards transaction refused");
+            return refuse(StatusCode::UNAUTHORIZED, DaemonError::Unauthorized);
+        }
     };
     let request = match invoke_data(&body).and_then(|data| {
         backwards::BackwardsRequest::from_invoke_data(&data)
