@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The project's one test command.
 #
-#  1. prepares the Python tools (scripts/setup-python.sh);
-#  2. starts PostgreSQL when scripts/postgres.sh exists and exports its URL as
-#     PLUGIND_TEST_POSTGRES_URL;
-#  3. runs `cargo test --workspace`;
+#  1. prepares the Python tools (scripts/setup-python.sh) and checks infra/
+#     (infra/check.sh: cfn-lint, shell syntax, the templates against moto);
+#  2. runs `cargo test --workspace` on the embedded SQLite default;
+#  3. starts PostgreSQL (scripts/postgres.sh) and runs the suites that open
+#     the store again against it;
 #  4. starts `plugind serve` on a free loopback port with a temporary storage
 #     root and runs the Python tests (pytest tests/python) against it.
 # Everything it starts is stopped on exit.
@@ -50,16 +51,21 @@ source "$ENV_FILE"
 export PYTHON_INTERPRETER_PATH="${PYTHON_INTERPRETER_PATH:-$PYTHON312}"
 export UV_PATH
 
-if [[ -x scripts/postgres.sh ]]; then
-  say "PostgreSQL"
-  PLUGIND_TEST_POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
-  POSTGRES_STARTED=1
-  export PLUGIND_TEST_POSTGRES_URL
-  echo "PLUGIND_TEST_POSTGRES_URL is set"
-fi
+say "infra checks"
+infra/check.sh
 
-say "cargo test --workspace"
-cargo test --workspace
+
+say "cargo test --workspace (embedded SQLite)"
+unset PLUGIND_TEST_POSTGRES_URL
+cargo test --workspace --no-fail-fast
+
+# The suites that open the store run again on a real PostgreSQL server.
+say "PostgreSQL"
+POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
+POSTGRES_STARTED=1
+say "store and API suites on PostgreSQL"
+PLUGIND_TEST_POSTGRES_URL="$POSTGRES_URL" cargo test --no-fail-fast \
+  --test store --test endpoint_store --test api_management --test api_bundle --test dispatch_invoke
 
 say "plugind serve"
 # Built on its own: `cargo test` may not build the binary (no integration test

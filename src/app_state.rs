@@ -164,6 +164,7 @@ impl AppState {
             keys.clone(),
             PackageSettings {
                 max_package_size: settings.max_plugin_package_size,
+                max_bundle_size: settings.max_bundle_package_size,
                 force_verifying_signature: settings.force_verifying_signature,
                 package_prefix: settings.plugin_package_cache_path.clone(),
                 media_prefix: settings.plugin_media_cache_path.clone(),

@@ -493,6 +493,46 @@ pub struct Settings {
     )]
     pub plugin_runtime_max_buffer_size: usize,
 
+    /// Accept debugging plugins (INSTALL_METHOD=remote) over TCP and serve the debugging key route.
+    #[arg(long, env = "PLUGIN_REMOTE_INSTALLING_ENABLED", value_name = "PLUGIN_REMOTE_INSTALLING_ENABLED", default_value = "true", action = clap::ArgAction::Set)]
+    pub plugin_remote_installing_enabled: bool,
+
+    /// Address the debugging TCP listener binds.
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_HOST",
+        value_name = "PLUGIN_REMOTE_INSTALLING_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub plugin_remote_installing_host: String,
+
+    /// Port of the debugging TCP listener (plugins' REMOTE_INSTALL_PORT).
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_PORT",
+        value_name = "PLUGIN_REMOTE_INSTALLING_PORT",
+        default_value_t = 5003
+    )]
+    pub plugin_remote_installing_port: u16,
+
+    /// Most debugging connections open at once, all tenants together.
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_MAX_CONN",
+        value_name = "PLUGIN_REMOTE_INSTALLING_MAX_CONN",
+        default_value_t = 256
+    )]
+    pub plugin_remote_installing_max_conn: usize,
+
+    /// Most debugging connections one tenant may have open at once.
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN",
+        value_name = "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN",
+        default_value_t = 5
+    )]
+    pub plugin_remote_installing_max_single_tenant_conn: usize,
+
     /// Log level: TRACE, DEBUG, INFO, WARN or ERROR (or a tracing filter such as plugind=debug).
     #[arg(
         long,
@@ -651,6 +691,16 @@ impl Settings {
         if self.plugin_local_launching_concurrent == 0 {
             return Err("PLUGIN_LOCAL_LAUNCHING_CONCURRENT must be greater than 0".into());
         }
+        if self.plugin_remote_installing_enabled {
+            if self.plugin_remote_installing_max_conn == 0 {
+                return Err("PLUGIN_REMOTE_INSTALLING_MAX_CONN must be greater than 0".into());
+            }
+            if self.plugin_remote_installing_max_single_tenant_conn == 0 {
+                return Err(
+                    "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN must be greater than 0".into(),
+                );
+            }
+        }
         if self.plugin_runtime_max_buffer_size < 1024 {
             return Err("PLUGIN_RUNTIME_MAX_BUFFER_SIZE must be at least 1024".into());
         }
@@ -808,6 +858,23 @@ mod tests {
             .unwrap()
             .serverless_token_key();
         assert_eq!(set, b"s3cret".to_vec());
+    }
+
+    #[test]
+    fn remote_installing_defaults_match_the_reference() {
+        let s = parse(&[]).unwrap();
+        assert!(s.plugin_remote_installing_enabled);
+        assert_eq!(s.plugin_remote_installing_host, "0.0.0.0");
+        assert_eq!(s.plugin_remote_installing_port, 5003);
+        assert_eq!(s.plugin_remote_installing_max_conn, 256);
+        assert_eq!(s.plugin_remote_installing_max_single_tenant_conn, 5);
+        let off = parse(&["--plugin-remote-installing-enabled", "false"]).unwrap();
+        assert!(!off.plugin_remote_installing_enabled);
+        let zero = parse(&["--plugin-remote-installing-max-conn", "0"]).unwrap();
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .contains("PLUGIN_REMOTE_INSTALLING_MAX_CONN"));
     }
 
     #[test]

@@ -123,7 +123,10 @@ async fn start(extra: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let database_url = common::fresh_database_url(dir.path()).await;
     let settings = common::settings(dir.path(), &database_url, extra);
-    let state = AppState::build(settings).await.unwrap();
+    // Tools run through the scripted invoker below, so installs only record.
+    let state = AppState::build_with_step(settings, Arc::new(plugind::install::NoopInstallStep))
+        .await
+        .unwrap();
     let invoker = Arc::new(EchoInvoker::default());
     let gateway = McpGateway::new(state.clone(), invoker.clone());
     let router = plugind::api::app_with_mcp(state.clone(), gateway);

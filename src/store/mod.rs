@@ -15,8 +15,10 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod debugging;
 mod endpoints;
 mod kv;
+mod listing;
 mod models;
 mod runtimes;
 mod serverless;
