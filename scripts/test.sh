@@ -7,7 +7,8 @@
 #  3. starts PostgreSQL (scripts/postgres.sh) and runs the suites that open
 #     the store again against it;
 #  4. starts `plugind serve` on a free loopback port with a temporary storage
-#     root and runs the Python tests (pytest tests/python) against it.
+#     root and runs the Python tests (pytest tests/python) against it;
+#  5. runs the MCP conformance suite (tests/conformance/run.sh).
 # Everything it starts is stopped on exit.
 set -euo pipefail
 
@@ -121,3 +122,6 @@ if [[ $status -ne 0 ]]; then
   tail -n 200 "$WORK/plugind.log" >&2 || true
   exit "$status"
 fi
+
+say "MCP conformance suite"
+PLUGIND_BIN="$PLUGIND_BIN" tests/conformance/run.sh

@@ -6,7 +6,7 @@
 //! binary bodies, headers, 413, a caller that leaves mid-stream).
 //!
 //! Needs the tools venv (scripts/setup-python.sh); the 1.x client gets its
-//! own venv from tests/python/setup_mcp1.sh.
+//! own venv from tests/python/setup-mcp1.sh.
 
 mod common;
 mod dify_double;
@@ -142,10 +142,10 @@ fn tools_python() -> PathBuf {
 /// The python of the mcp 1.x venv, made on first use.
 fn mcp1_python() -> PathBuf {
     let out = std::process::Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup_mcp1.sh"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/setup-mcp1.sh"))
         .output()
-        .expect("tests/python/setup_mcp1.sh runs");
-    assert!(out.status.success(), "setup_mcp1.sh failed: {out:?}");
+        .expect("tests/python/setup-mcp1.sh runs");
+    assert!(out.status.success(), "setup-mcp1.sh failed: {out:?}");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
