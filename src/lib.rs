@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod endpoint;
 pub mod error;
 pub mod install;
+pub mod lambda_cli;
 pub mod mcp;
 pub mod metrics;
 pub mod package;

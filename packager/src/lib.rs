@@ -1,3 +1,6 @@
 //! The packaging pipeline: a `.difypkg` becomes a deterministic AWS Lambda
 //! artifact (plugin files, its Python dependencies and the `plugin-runner`
-//! bootstrap). The pipeline itself arrives with the serverless runtime.
+//! bootstrap), which [`deploy`] uploads to S3 and turns into a published
+//! Lambda function version.
+
+pub mod deploy;

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod extract;
 pub mod management;
 pub mod mcp;
+pub mod serverless;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -131,6 +132,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .merge(dispatch::router(state.clone()))
         .merge(gateway.routes())
         .merge(endpoints.public)
+        .merge(serverless::routes())
         .with_state(state)
 }
 

@@ -9,6 +9,7 @@
 
 pub mod local;
 pub mod packages;
+pub mod serverless;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,6 +21,7 @@ mod kv;
 mod listing;
 mod models;
 mod runtimes;
+mod serverless;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +35,7 @@ use sqlx::{AnyPool, Row};
 pub use endpoints::{default_expiry, EndpointRecord, NewEndpoint};
 pub use kv::SqlKvStore;
 pub use models::*;
+pub use serverless::ServerlessRuntimeRecord;
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
