@@ -103,13 +103,13 @@ else
 fi
 
 UV_PATH="$VENV/bin/uv"
-cat >"$ENV_FILE.tmp" <<ENV
+cat >"$ENV_FILE.$$.tmp" <<ENV
 export PLUGIND_TOOLS_DIR="$TOOLS_DIR"
 export PYTHON312="$PY312"
 export TOOLS_PYTHON="$VENV/bin/python"
 export UV_PATH="$UV_PATH"
 ENV
-mv "$ENV_FILE.tmp" "$ENV_FILE"
+mv "$ENV_FILE.$$.tmp" "$ENV_FILE"
 
 if [[ "${1:-}" == "--print-env-file" ]]; then
   printf '%s\n' "$ENV_FILE"

@@ -19,6 +19,13 @@ pub const ROLE_NAME: &str = "plugind-plugin";
 
 /// The tools venv's Python (scripts/setup-python.sh), which has moto.
 pub fn tools_python() -> String {
+    // scripts/test.sh exports it; asking setup-python.sh from many tests at
+    // once races with its rewrite of the env file.
+    if let Ok(python) = std::env::var("TOOLS_PYTHON") {
+        if !python.is_empty() {
+            return python;
+        }
+    }
     let env = std::process::Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
