@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares the Python tools the test suite needs: a virtual environment with
-# uv, the dify_plugin SDK, httpx, pytest, moto[server] and mcp.
+# uv, the dify_plugin SDK, httpx, pytest, moto[server], mcp, cfn-lint and
+# the AWS CLI (for the infra/ checks).
 #
 # Idempotent: a second run with the same requirements only checks the venv.
 # Writes "$PLUGIND_TOOLS_DIR/env.sh" (export lines for PYTHON312, TOOLS_PYTHON,
@@ -22,8 +23,10 @@ REQUIREMENTS=(
   "pytest"
   "moto[server]"
   "mcp"
+  "cfn-lint"
+  "awscli"
 )
-STAMP_VERSION=1
+STAMP_VERSION=2
 
 log() { printf 'setup-python: %s\n' "$*" >&2; }
 
@@ -76,7 +79,7 @@ verify_tools() {
 import importlib.metadata as md
 import sys
 
-need = {"dify_plugin": "0.10.", "httpx": "", "pytest": "", "moto": "", "mcp": "", "uv": ""}
+need = {"dify_plugin": "0.10.", "httpx": "", "pytest": "", "moto": "", "mcp": "", "uv": "", "cfn-lint": "", "awscli": ""}
 for name, prefix in need.items():
     try:
         version = md.version(name)
@@ -100,13 +103,13 @@ else
 fi
 
 UV_PATH="$VENV/bin/uv"
-cat >"$ENV_FILE.tmp" <<ENV
+cat >"$ENV_FILE.$$.tmp" <<ENV
 export PLUGIND_TOOLS_DIR="$TOOLS_DIR"
 export PYTHON312="$PY312"
 export TOOLS_PYTHON="$VENV/bin/python"
 export UV_PATH="$UV_PATH"
 ENV
-mv "$ENV_FILE.tmp" "$ENV_FILE"
+mv "$ENV_FILE.$$.tmp" "$ENV_FILE"
 
 if [[ "${1:-}" == "--print-env-file" ]]; then
   printf '%s\n' "$ENV_FILE"

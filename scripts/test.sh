@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's one test command.
 #
-#  1. prepares the Python tools (scripts/setup-python.sh);
-#  2. starts PostgreSQL when scripts/postgres.sh exists and exports its URL as
-#     PLUGIND_TEST_POSTGRES_URL;
-#  3. runs `cargo test --workspace`;
+#  1. prepares the Python tools (scripts/setup-python.sh) and checks infra/
+#     (infra/check.sh: cfn-lint, shell syntax, the templates against moto);
+#  2. runs `cargo test --workspace` on the embedded SQLite default;
+#  3. starts PostgreSQL (scripts/postgres.sh) and runs the suites that open
+#     the store again against it;
 #  4. starts `plugind serve` on a free loopback port with a temporary storage
-#     root and runs the Python tests (pytest tests/python) against it.
+#     root and runs the Python tests (pytest tests/python) against it;
+#  5. runs the MCP conformance suite (tests/conformance/run.sh).
 # Everything it starts is stopped on exit.
 set -euo pipefail
 
@@ -50,16 +52,21 @@ source "$ENV_FILE"
 export PYTHON_INTERPRETER_PATH="${PYTHON_INTERPRETER_PATH:-$PYTHON312}"
 export UV_PATH
 
-if [[ -x scripts/postgres.sh ]]; then
-  say "PostgreSQL"
-  PLUGIND_TEST_POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
-  POSTGRES_STARTED=1
-  export PLUGIND_TEST_POSTGRES_URL
-  echo "PLUGIND_TEST_POSTGRES_URL is set"
-fi
+say "infra checks"
+infra/check.sh
 
-say "cargo test --workspace"
-cargo test --workspace
+
+say "cargo test --workspace (embedded SQLite)"
+unset PLUGIND_TEST_POSTGRES_URL
+cargo test --workspace --no-fail-fast
+
+# The suites that open the store run again on a real PostgreSQL server.
+say "PostgreSQL"
+POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
+POSTGRES_STARTED=1
+say "store and API suites on PostgreSQL"
+PLUGIND_TEST_POSTGRES_URL="$POSTGRES_URL" cargo test --no-fail-fast \
+  --test store --test endpoint_store --test api_management --test api_bundle --test dispatch_invoke
 
 say "plugind serve"
 # Built on its own: `cargo test` may not build the binary (no integration test
@@ -68,11 +75,14 @@ cargo build --bin plugind
 PLUGIND_BIN="$CARGO_TARGET_DIR/debug/plugind"
 PORT="$("$TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 SERVER_KEY="test-key-$RANDOM$RANDOM"
+DEBUG_PORT="$("$TOOLS_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 mkdir -p "$WORK/storage"
 (
   # The daemon under test uses its embedded defaults, whatever the caller's shell has set.
   unset DB_TYPE DB_HOST DATABASE_URL PLUGIN_STORAGE_TYPE
   export SERVER_HOST=127.0.0.1 SERVER_PORT="$PORT" SERVER_KEY
+  # The debug listener stays on loopback, on a port of its own.
+  export PLUGIN_REMOTE_INSTALLING_HOST=127.0.0.1 PLUGIN_REMOTE_INSTALLING_PORT="$DEBUG_PORT"
   # Nothing listens there: the tests make no backwards calls.
   export DIFY_INNER_API_URL="http://127.0.0.1:9" DIFY_INNER_API_KEY="inner-test-key"
   export PLUGIN_STORAGE_LOCAL_ROOT="$WORK/storage" PLATFORM=local
@@ -115,3 +125,6 @@ if [[ $status -ne 0 ]]; then
   tail -n 200 "$WORK/plugind.log" >&2 || true
   exit "$status"
 fi
+
+say "MCP conformance suite"
+PLUGIND_BIN="$PLUGIND_BIN" tests/conformance/run.sh

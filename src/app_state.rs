@@ -5,13 +5,18 @@
 use std::sync::Arc;
 
 use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
+use crate::install::lambda_artifact::PackagerBuilder;
 use crate::install::local::LocalInstallStep;
 use crate::install::packages::{PackageSettings, Packages};
-use crate::install::{InstallStep, Installer, NoopInstallStep};
+use crate::install::serverless::{
+    ArtifactBuilder, AwsClients, ServerlessInstallStep, ServerlessTarget,
+};
+use crate::install::{InstallStep, Installer};
 use crate::package::{PackageError, SignatureKeys};
+use crate::runtime::serverless::ServerlessConfig;
 use crate::runtime::{LocalHost, Registry};
-use crate::settings::{DatabaseTarget, Platform, Settings};
-use crate::storage::{LocalStorage, Storage};
+use crate::settings::{DatabaseTarget, Platform, Settings, StorageType};
+use crate::storage::{LocalStorage, S3Storage, Storage};
 use crate::store::{SqlKvStore, Store, StoreError};
 
 /// Why the state could not be built.
@@ -25,6 +30,8 @@ pub enum AppStateError {
     Keys(#[from] PackageError),
     #[error("cannot build the Dify inner API client: {0}")]
     InnerApi(#[from] InnerApiError),
+    #[error("cannot register deployed Lambda functions: {0}")]
+    Serverless(String),
     #[error("cannot prepare storage at {path}: {source}")]
     Storage {
         path: String,
@@ -52,6 +59,8 @@ pub struct AppState {
     /// The local platform's install step (PLATFORM=local), which also
     /// relaunches installed plugins when the daemon starts.
     pub local: Option<Arc<LocalInstallStep>>,
+    /// The serverless platform's install step (PLATFORM=serverless).
+    pub serverless: Option<Arc<ServerlessInstallStep>>,
 }
 
 /// Which install step the state is built with.
@@ -60,6 +69,12 @@ enum StepChoice {
     Given(Arc<dyn InstallStep>),
     /// The local platform's step over this host.
     Local(LocalHost),
+    /// The serverless platform's step: artifacts from `builder`, deployed
+    /// through `clients`.
+    Serverless {
+        builder: Arc<dyn ArtifactBuilder>,
+        clients: AwsClients,
+    },
 }
 
 impl AppState {
@@ -71,7 +86,10 @@ impl AppState {
     pub async fn build(settings: Settings) -> Result<Self, AppStateError> {
         let choice = match settings.platform {
             Platform::Local => StepChoice::Local(LocalHost::from_settings(&settings)),
-            Platform::Serverless => StepChoice::Given(Arc::new(NoopInstallStep)),
+            Platform::Serverless => StepChoice::Serverless {
+                builder: Arc::new(PackagerBuilder::from_settings(&settings)),
+                clients: AwsClients::from_settings(&settings).await,
+            },
         };
         Self::build_inner(settings, choice).await
     }
@@ -82,6 +100,18 @@ impl AppState {
         step: Arc<dyn InstallStep>,
     ) -> Result<Self, AppStateError> {
         Self::build_inner(settings, StepChoice::Given(step)).await
+    }
+
+    /// [`AppState::build`] on the serverless platform: packages and
+    /// artifacts in S3 (when PLUGIN_STORAGE_TYPE=aws_s3), plugins deployed
+    /// as Lambda functions built by `builder`. Recorded functions are
+    /// registered at once.
+    pub async fn build_serverless(
+        settings: Settings,
+        builder: Arc<dyn ArtifactBuilder>,
+        clients: AwsClients,
+    ) -> Result<Self, AppStateError> {
+        Self::build_inner(settings, StepChoice::Serverless { builder, clients }).await
     }
 
     /// [`AppState::build`] on the local platform with an explicit host
@@ -104,7 +134,29 @@ impl AppState {
             path: root.display().to_string(),
             source,
         })?;
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(root));
+        let storage: Arc<dyn Storage> = match settings.plugin_storage_type {
+            StorageType::Local => Arc::new(LocalStorage::new(root)),
+            StorageType::AwsS3 => {
+                let s3 = match &choice {
+                    StepChoice::Serverless { clients, .. } => clients.s3.clone(),
+                    _ => {
+                        let sdk = crate::storage::aws_sdk_config(&settings).await;
+                        crate::storage::s3_client(&sdk, &settings)
+                    }
+                };
+                let bucket = settings.plugin_storage_oss_bucket.clone().ok_or_else(|| {
+                    AppStateError::Settings(
+                        "PLUGIN_STORAGE_OSS_BUCKET is required when PLUGIN_STORAGE_TYPE=aws_s3"
+                            .into(),
+                    )
+                })?;
+                Arc::new(S3Storage::new(
+                    s3,
+                    bucket,
+                    settings.plugin_storage_s3_prefix.clone(),
+                ))
+            }
+        };
         let keys = Arc::new(if settings.third_party_signature_verification_enabled {
             SignatureKeys::from_files(&settings.third_party_signature_verification_public_keys)?
         } else {
@@ -116,6 +168,7 @@ impl AppState {
             keys.clone(),
             PackageSettings {
                 max_package_size: settings.max_plugin_package_size,
+                max_bundle_size: settings.max_bundle_package_size,
                 force_verifying_signature: settings.force_verifying_signature,
                 package_prefix: settings.plugin_package_cache_path.clone(),
                 media_prefix: settings.plugin_media_cache_path.clone(),
@@ -126,8 +179,30 @@ impl AppState {
             Platform::Serverless => "serverless",
         };
         let registry = Arc::new(Registry::new());
+        let mut serverless = None;
         let (step, local) = match choice {
             StepChoice::Given(step) => (step, None),
+            StepChoice::Serverless { builder, clients } => {
+                let step = Arc::new(ServerlessInstallStep::new(
+                    store.clone(),
+                    storage.clone(),
+                    registry.clone(),
+                    builder,
+                    clients,
+                    ServerlessTarget::from_settings(&settings),
+                    ServerlessConfig::from_settings(&settings),
+                    settings.plugin_package_cache_path.clone(),
+                ));
+                let n = step
+                    .register_installed()
+                    .await
+                    .map_err(|e| AppStateError::Serverless(e.to_string()))?;
+                if n > 0 {
+                    tracing::info!(count = n, "registered deployed Lambda functions");
+                }
+                serverless = Some(step.clone());
+                (step as Arc<dyn InstallStep>, None)
+            }
             StepChoice::Local(host) => {
                 let local = Arc::new(LocalInstallStep::new(
                     host,
@@ -163,6 +238,7 @@ impl AppState {
             inner_api,
             plugin_storage,
             local,
+            serverless,
         })
     }
 }

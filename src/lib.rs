@@ -5,10 +5,12 @@
 pub mod api;
 pub mod app_state;
 pub mod backwards;
+pub mod debug;
 pub mod dispatch;
 pub mod endpoint;
 pub mod error;
 pub mod install;
+pub mod lambda_cli;
 pub mod mcp;
 pub mod metrics;
 pub mod package;

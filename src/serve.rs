@@ -7,6 +7,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app_state::AppState;
+use crate::debug::{DebugOptions, DebugServer};
 use crate::settings::Settings;
 
 /// Keys published in Dify's docker-compose defaults; fine on a laptop, never
@@ -45,13 +46,38 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+    let debug = start_debug_listener(&state).await?;
     tracing::info!(%addr, "plugind listening");
     axum::serve(listener, crate::api::app(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Some(debug) = debug {
+        debug.shutdown().await;
+    }
     state.registry.shutdown_all().await;
     tracing::info!("plugind stopped");
     Ok(())
+}
+
+/// Starts the debugging plugin listener when PLUGIN_REMOTE_INSTALLING_ENABLED.
+async fn start_debug_listener(state: &AppState) -> anyhow::Result<Option<DebugServer>> {
+    let settings = &state.settings;
+    if !settings.plugin_remote_installing_enabled {
+        return Ok(None);
+    }
+    let addr = format!(
+        "{}:{}",
+        settings.plugin_remote_installing_host, settings.plugin_remote_installing_port
+    );
+    let listener = TcpListener::bind(&addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} (PLUGIN_REMOTE_INSTALLING_HOST/PLUGIN_REMOTE_INSTALLING_PORT): {e}"
+        )
+    })?;
+    let options = DebugOptions::from_settings(settings);
+    Ok(Some(
+        DebugServer::start(state.clone(), listener, options).await?,
+    ))
 }
 
 async fn shutdown_signal() {

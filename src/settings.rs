@@ -65,6 +65,29 @@ pub enum DbType {
 pub enum StorageType {
     /// The local filesystem, under PLUGIN_STORAGE_LOCAL_ROOT.
     Local,
+    /// An S3 bucket (PLUGIN_STORAGE_OSS_BUCKET), or any S3-compatible
+    /// server named by AWS_ENDPOINT_URL.
+    #[value(name = "aws_s3")]
+    AwsS3,
+}
+
+/// The instruction set of Lambda functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LambdaArch {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "arm64")]
+    Arm64,
+}
+
+impl LambdaArch {
+    /// The name Lambda uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Arm64 => "arm64",
+        }
+    }
 }
 
 /// Log line format.
@@ -235,6 +258,114 @@ pub struct Settings {
     )]
     pub plugin_storage_local_root: PathBuf,
 
+    /// S3 bucket for packages, assets and Lambda artifacts (PLUGIN_STORAGE_TYPE=aws_s3).
+    #[arg(
+        long,
+        env = "PLUGIN_STORAGE_OSS_BUCKET",
+        value_name = "PLUGIN_STORAGE_OSS_BUCKET"
+    )]
+    pub plugin_storage_oss_bucket: Option<String>,
+
+    /// Key prefix inside the S3 bucket (e.g. `plugind/`); empty for the bucket root.
+    #[arg(
+        long,
+        env = "PLUGIN_STORAGE_S3_PREFIX",
+        value_name = "PLUGIN_STORAGE_S3_PREFIX",
+        default_value = ""
+    )]
+    pub plugin_storage_s3_prefix: String,
+
+    /// AWS region of the bucket and the Lambda functions. Unset: the AWS default chain.
+    #[arg(long, env = "AWS_REGION", value_name = "AWS_REGION")]
+    pub aws_region: Option<String>,
+
+    /// Endpoint of an S3/Lambda-compatible server (LocalStack, moto). Unset: AWS itself.
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+
+    /// Address S3 buckets by path (`host/bucket/key`) instead of by virtual host.
+    #[arg(long, env = "S3_USE_PATH_STYLE", value_name = "S3_USE_PATH_STYLE", default_value = "true", action = clap::ArgAction::Set)]
+    pub s3_use_path_style: bool,
+
+    /// IAM role the plugin Lambda functions run as (PLATFORM=serverless).
+    #[arg(
+        long,
+        env = "PLUGIN_LAMBDA_ROLE_ARN",
+        value_name = "PLUGIN_LAMBDA_ROLE_ARN"
+    )]
+    pub plugin_lambda_role_arn: Option<String>,
+
+    /// Prefix of the names of plugin Lambda functions.
+    #[arg(
+        long,
+        env = "PLUGIN_LAMBDA_FUNCTION_PREFIX",
+        value_name = "PLUGIN_LAMBDA_FUNCTION_PREFIX",
+        default_value = "plugind-"
+    )]
+    pub plugin_lambda_function_prefix: String,
+
+    /// Architecture of plugin Lambda functions.
+    #[arg(
+        long,
+        env = "PLUGIN_LAMBDA_ARCH",
+        value_name = "PLUGIN_LAMBDA_ARCH",
+        value_enum,
+        default_value = "x86_64"
+    )]
+    pub plugin_lambda_arch: LambdaArch,
+
+    /// Timeout of plugin Lambda functions, in seconds (at most 900).
+    #[arg(
+        long,
+        env = "PLUGIN_LAMBDA_TIMEOUT",
+        value_name = "PLUGIN_LAMBDA_TIMEOUT",
+        default_value_t = 900
+    )]
+    pub plugin_lambda_timeout: u64,
+
+    /// Managed Python runtime of plugin Lambda functions.
+    #[arg(
+        long,
+        env = "PLUGIN_LAMBDA_PYTHON_RUNTIME",
+        value_name = "PLUGIN_LAMBDA_PYTHON_RUNTIME",
+        default_value = "python3.12"
+    )]
+    pub plugin_lambda_python_runtime: String,
+
+    /// Folder holding the plugin-runner bootstrap per architecture (`<dir>/x86_64/plugin-runner`, `<dir>/arm64/plugin-runner`).
+    #[arg(
+        long,
+        env = "PLUGIN_LAMBDA_BOOTSTRAP_DIR",
+        value_name = "PLUGIN_LAMBDA_BOOTSTRAP_DIR"
+    )]
+    pub plugin_lambda_bootstrap_dir: Option<PathBuf>,
+
+    /// URL of this daemon as Lambda functions reach it, for plugins' backwards calls.
+    #[arg(
+        long,
+        env = "PLUGIN_SERVERLESS_CALLBACK_URL",
+        value_name = "PLUGIN_SERVERLESS_CALLBACK_URL"
+    )]
+    pub plugin_serverless_callback_url: Option<String>,
+
+    /// Key that signs the backwards-invocation tokens given to Lambda functions. Unset: derived from SERVER_KEY.
+    #[arg(
+        long,
+        env = "PLUGIN_SERVERLESS_TOKEN_SECRET",
+        value_name = "PLUGIN_SERVERLESS_TOKEN_SECRET",
+        hide_env_values = true
+    )]
+    pub plugin_serverless_token_secret: Option<Secret>,
+
+    /// How many times a throttled or failed (5xx) Lambda invocation is retried before its first chunk.
+    #[arg(
+        long,
+        env = "MAX_SERVERLESS_RETRY_TIMES",
+        value_name = "MAX_SERVERLESS_RETRY_TIMES",
+        default_value_t = 3
+    )]
+    pub max_serverless_retry_times: u32,
+
     /// Where installed packages are kept, inside the storage.
     #[arg(
         long,
@@ -362,6 +493,46 @@ pub struct Settings {
     )]
     pub plugin_runtime_max_buffer_size: usize,
 
+    /// Accept debugging plugins (INSTALL_METHOD=remote) over TCP and serve the debugging key route.
+    #[arg(long, env = "PLUGIN_REMOTE_INSTALLING_ENABLED", value_name = "PLUGIN_REMOTE_INSTALLING_ENABLED", default_value = "true", action = clap::ArgAction::Set)]
+    pub plugin_remote_installing_enabled: bool,
+
+    /// Address the debugging TCP listener binds.
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_HOST",
+        value_name = "PLUGIN_REMOTE_INSTALLING_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub plugin_remote_installing_host: String,
+
+    /// Port of the debugging TCP listener (plugins' REMOTE_INSTALL_PORT).
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_PORT",
+        value_name = "PLUGIN_REMOTE_INSTALLING_PORT",
+        default_value_t = 5003
+    )]
+    pub plugin_remote_installing_port: u16,
+
+    /// Most debugging connections open at once, all tenants together.
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_MAX_CONN",
+        value_name = "PLUGIN_REMOTE_INSTALLING_MAX_CONN",
+        default_value_t = 256
+    )]
+    pub plugin_remote_installing_max_conn: usize,
+
+    /// Most debugging connections one tenant may have open at once.
+    #[arg(
+        long,
+        env = "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN",
+        value_name = "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN",
+        default_value_t = 5
+    )]
+    pub plugin_remote_installing_max_single_tenant_conn: usize,
+
     /// Log level: TRACE, DEBUG, INFO, WARN or ERROR (or a tracing filter such as plugind=debug).
     #[arg(
         long,
@@ -483,6 +654,22 @@ impl Settings {
             .unwrap_or_else(|| self.working_path().join(".uv-cache"))
     }
 
+    /// The key that signs backwards-invocation tokens:
+    /// PLUGIN_SERVERLESS_TOKEN_SECRET, or a hash of SERVER_KEY under a
+    /// purpose label so the two never serve as each other.
+    pub fn serverless_token_key(&self) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        match &self.plugin_serverless_token_secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => {
+                let mut h = Sha256::new();
+                h.update(b"plugind serverless backwards-invocation token\0");
+                h.update(self.server_key.expose().as_bytes());
+                h.finalize().to_vec()
+            }
+        }
+    }
+
     /// Checks what clap cannot: relations between settings and files that
     /// must exist. The message names the variable at fault.
     pub fn validate(&self) -> Result<(), String> {
@@ -504,8 +691,47 @@ impl Settings {
         if self.plugin_local_launching_concurrent == 0 {
             return Err("PLUGIN_LOCAL_LAUNCHING_CONCURRENT must be greater than 0".into());
         }
+        if self.plugin_remote_installing_enabled {
+            if self.plugin_remote_installing_max_conn == 0 {
+                return Err("PLUGIN_REMOTE_INSTALLING_MAX_CONN must be greater than 0".into());
+            }
+            if self.plugin_remote_installing_max_single_tenant_conn == 0 {
+                return Err(
+                    "PLUGIN_REMOTE_INSTALLING_MAX_SINGLE_TENANT_CONN must be greater than 0".into(),
+                );
+            }
+        }
         if self.plugin_runtime_max_buffer_size < 1024 {
             return Err("PLUGIN_RUNTIME_MAX_BUFFER_SIZE must be at least 1024".into());
+        }
+        if self.plugin_storage_type == StorageType::AwsS3
+            && self.plugin_storage_oss_bucket.is_none()
+        {
+            return Err(
+                "PLUGIN_STORAGE_OSS_BUCKET is required when PLUGIN_STORAGE_TYPE=aws_s3".into(),
+            );
+        }
+        if self.platform == Platform::Serverless {
+            if self.plugin_storage_oss_bucket.is_none() {
+                return Err(
+                    "PLUGIN_STORAGE_OSS_BUCKET is required when PLATFORM=serverless".into(),
+                );
+            }
+            if self.plugin_lambda_role_arn.is_none() {
+                return Err("PLUGIN_LAMBDA_ROLE_ARN is required when PLATFORM=serverless".into());
+            }
+            match &self.plugin_serverless_callback_url {
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {}
+                _ => {
+                    return Err(
+                        "PLUGIN_SERVERLESS_CALLBACK_URL must be an http:// or https:// URL when PLATFORM=serverless"
+                            .into(),
+                    )
+                }
+            }
+        }
+        if self.plugin_lambda_timeout == 0 || self.plugin_lambda_timeout > 900 {
+            return Err("PLUGIN_LAMBDA_TIMEOUT must be between 1 and 900 seconds".into());
         }
         if self.third_party_signature_verification_enabled {
             for path in &self.third_party_signature_verification_public_keys {
@@ -589,6 +815,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("SERVER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn serverless_settings_parse_and_validate() {
+        let s = parse(&[
+            "--platform",
+            "serverless",
+            "--plugin-storage-type",
+            "aws_s3",
+            "--plugin-lambda-arch",
+            "arm64",
+        ])
+        .unwrap();
+        assert_eq!(s.plugin_storage_type, StorageType::AwsS3);
+        assert_eq!(s.plugin_lambda_arch, LambdaArch::Arm64);
+        assert_eq!(s.plugin_lambda_function_prefix, "plugind-");
+        assert_eq!(s.max_serverless_retry_times, 3);
+        assert!(s.s3_use_path_style);
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("PLUGIN_STORAGE_OSS_BUCKET"), "{err}");
+        let s = parse(&[
+            "--platform",
+            "serverless",
+            "--plugin-storage-oss-bucket",
+            "b",
+            "--plugin-lambda-role-arn",
+            "arn:aws:iam::123456789012:role/r",
+            "--plugin-serverless-callback-url",
+            "https://plugind.example.com",
+        ])
+        .unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn token_key_is_derived_unless_set() {
+        let derived = parse(&[]).unwrap().serverless_token_key();
+        assert_eq!(derived.len(), 32);
+        assert_ne!(derived, b"k".to_vec());
+        let set = parse(&["--plugin-serverless-token-secret", "s3cret"])
+            .unwrap()
+            .serverless_token_key();
+        assert_eq!(set, b"s3cret".to_vec());
+    }
+
+    #[test]
+    fn remote_installing_defaults_match_the_reference() {
+        let s = parse(&[]).unwrap();
+        assert!(s.plugin_remote_installing_enabled);
+        assert_eq!(s.plugin_remote_installing_host, "0.0.0.0");
+        assert_eq!(s.plugin_remote_installing_port, 5003);
+        assert_eq!(s.plugin_remote_installing_max_conn, 256);
+        assert_eq!(s.plugin_remote_installing_max_single_tenant_conn, 5);
+        let off = parse(&["--plugin-remote-installing-enabled", "false"]).unwrap();
+        assert!(!off.plugin_remote_installing_enabled);
+        let zero = parse(&["--plugin-remote-installing-max-conn", "0"]).unwrap();
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .contains("PLUGIN_REMOTE_INSTALLING_MAX_CONN"));
     }
 
     #[test]

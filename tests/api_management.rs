@@ -198,10 +198,7 @@ async fn bad_zip_is_refused_and_leaves_nothing_behind() {
 async fn missing_icon_is_refused_and_written_assets_are_undone() {
     let app = spawn_app().await;
     // The manifest's icon exists; the provider's does not.
-    let pkg = build_zip(&[
-        ("manifest.yaml", b"version: 0.0.1\ntype: plugin\nauthor: a\nname: broken\nlabel: {en_US: B}\nicon: icon.svg\nicon_dark: zzz.svg\nresource: {memory: 1}\nplugins: {}\nmeta: {version: 0.0.1}\n"),
-        ("_assets/icon.svg", ICON),
-    ]);
+    let pkg = tool_package_with_provider_icon("broken", "0.0.1", "zzz.svg");
     let (_, body) = app.upload(pkg, false).await;
     assert_eq!(body["code"], -400, "{body}");
     assert!(error_body(&body)["message"]

@@ -238,3 +238,124 @@ async fn uninstalling_the_last_installation_stops_the_plugin() {
     assert_eq!(status, 404);
     assert_eq!(error_body(&env[0])["error_type"], "PluginNotFoundError");
 }
+
+#[tokio::test]
+async fn an_oversize_line_restarts_that_plugin_and_others_carry_on() {
+    let app = spawn_local(HostTimings::default()).await;
+    let extras = install_fixture(&app, "echo_extras").await;
+    install_fixture(&app, "echo_tool").await;
+    let local = app.state.local.clone().unwrap();
+    let runtime = local.runtime(&extras).unwrap();
+    let pid = runtime.pid().unwrap();
+
+    // The other plugin is mid-stream while the oversize line arrives.
+    let other = post_dispatch(&app, "tool/invoke", Some(PLUGIN), &slow(4, 0.3)).await;
+    assert_eq!(other.status(), 200);
+
+    // One text message longer than the 5 MiB cap.
+    let big = json!({
+        "provider": "echo_extras",
+        "tool": "big",
+        "credentials": {},
+        "credential_type": "api-key",
+        "tool_parameters": {"size": 6 * 1024 * 1024},
+    });
+    let (status, _, env) = dispatch(&app, "tool/invoke", "plugind/echo_extras", big).await;
+    assert_eq!(status, 200);
+    assert_eq!(env.len(), 1, "nothing of the oversize message came through");
+    assert_eq!(env[0]["code"], -500);
+    let outer = error_body(&env[0]);
+    assert_eq!(outer["error_type"], "PluginInvokeError");
+    let inner: Value = serde_json::from_str(outer["message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["error_type"], "PluginConnectionClosedError");
+
+    // The other plugin's stream completes untouched.
+    let rest = envelopes(&other.text().await.unwrap());
+    let texts: Vec<_> = data_of(&rest)
+        .iter()
+        .map(|d| d["message"]["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            json!("chunk 0"),
+            json!("chunk 1"),
+            json!("chunk 2"),
+            json!("chunk 3")
+        ]
+    );
+
+    // The instance was replaced; the next call to it succeeds.
+    let small = json!({
+        "provider": "echo_extras",
+        "tool": "big",
+        "credentials": {},
+        "credential_type": "api-key",
+        "tool_parameters": {"size": 3},
+    });
+    let (_, _, env) = dispatch(&app, "tool/invoke", "plugind/echo_extras", small).await;
+    assert_eq!(data_of(&env)[0]["message"]["text"], "xxx");
+    assert_ne!(runtime.pid(), Some(pid));
+    let metrics = plugind::metrics::render();
+    assert!(
+        metrics.contains(&format!(
+            r#"plugind_plugin_restarts_total{{plugin="{extras}"}}"#
+        )),
+        "{metrics}"
+    );
+    // The daemon serves the other plugin as before.
+    let (_, _, env) = dispatch(
+        &app,
+        "tool/invoke",
+        PLUGIN,
+        tool_data("echo", json!({"text": "after"})),
+    )
+    .await;
+    assert_eq!(data_of(&env)[0]["message"]["text"], "after");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_sessions_each_get_their_own_answer() {
+    const SESSIONS: usize = 200;
+    let app = spawn_local(HostTimings::default()).await;
+    let id = install_fixture(&app, "echo_tool").await;
+    let runtime = app.state.local.as_ref().unwrap().runtime(&id).unwrap();
+    let pid = runtime.pid();
+    let app = std::sync::Arc::new(app);
+
+    // Half the calls echo text, half answer JSON, each with its own input,
+    // all in flight at once over separate connections.
+    let calls = (0..SESSIONS).map(|i| {
+        let app = std::sync::Arc::clone(&app);
+        tokio::spawn(async move {
+            let text = format!("caller-{i}-{}", "z".repeat(i % 17));
+            let tool = if i % 2 == 0 { "echo" } else { "json" };
+            let (status, _, env) = dispatch(
+                &app,
+                "tool/invoke",
+                PLUGIN,
+                tool_data(tool, json!({"text": text})),
+            )
+            .await;
+            (i, text, tool, status, env)
+        })
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert_eq!(answers.len(), SESSIONS);
+    for answer in answers {
+        let (i, text, tool, status, env) = answer.unwrap();
+        assert_eq!(status, 200, "caller {i}");
+        let data = data_of(&env);
+        assert_eq!(data.len(), 1, "caller {i}: {data:?}");
+        let expected = if tool == "echo" {
+            json!({"type": "text", "message": {"text": text}, "meta": null})
+        } else {
+            json!({"type": "json",
+                   "message": {"json_object": {"echo": text, "length": text.chars().count()}},
+                   "meta": null})
+        };
+        assert_eq!(data[0], expected, "caller {i}");
+    }
+    assert_eq!(runtime.open_sessions(), 0);
+    assert_eq!(runtime.pid(), pid, "served by one process, no restart");
+}

@@ -14,6 +14,7 @@ use common::{TestApp, KEY, TENANT};
 use futures::StreamExt;
 use plugind::app_state::AppState;
 use plugind::error::DaemonError;
+use plugind::install::NoopInstallStep;
 use plugind::mcp::{ChunkStream, McpGateway, PluginInvoker, ToolCall};
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -123,7 +124,11 @@ async fn start(extra: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let database_url = common::fresh_database_url(dir.path()).await;
     let settings = common::settings(dir.path(), &database_url, extra);
-    let state = AppState::build(settings).await.unwrap();
+    // The scripted invoker plays the plugin, so installing only records
+    // its declarations.
+    let state = AppState::build_with_step(settings, Arc::new(NoopInstallStep))
+        .await
+        .unwrap();
     let invoker = Arc::new(EchoInvoker::default());
     let gateway = McpGateway::new(state.clone(), invoker.clone());
     let router = plugind::api::app_with_mcp(state.clone(), gateway);

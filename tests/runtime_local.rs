@@ -396,7 +396,7 @@ async fn a_plugin_that_crashes_at_start_reports_its_stderr() {
 }
 
 #[tokio::test]
-async fn garbage_and_oversize_lines_on_stdout_do_not_break_sessions() {
+async fn garbage_lines_on_stdout_do_not_break_sessions() {
     let rt = launch().await;
     let pid = rt.pid().unwrap();
     let noisy = rt
@@ -415,6 +415,32 @@ async fn garbage_and_oversize_lines_on_stdout_do_not_break_sessions() {
     assert_eq!(quiet_texts, expected("quiet", 3));
     assert_eq!(rt.pid(), Some(pid));
     assert_eq!(rt.state(), RuntimeState::Ready);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversize_line_fails_open_sessions_and_restarts_the_process() {
+    let rt = launch().await;
+    let pid = rt.pid().unwrap();
+    let slow = rt
+        .invoke(echo(json!({"text": "slow", "repeat": 5, "delay": 2})))
+        .await
+        .unwrap();
+    let loud = rt
+        .invoke(echo(json!({"text": "loud", "oversize": true})))
+        .await
+        .unwrap();
+    let ((_, slow_err), (loud_texts, loud_err)) = tokio::join!(collect(slow), collect(loud));
+    assert!(loud_texts.is_empty(), "{loud_texts:?}");
+    for err in [slow_err, loud_err] {
+        let err = err.expect("the session must fail");
+        assert!(matches!(err, RuntimeError::ConnectionClosed), "{err:?}");
+    }
+    // A new process serves the next call.
+    let (texts, err) = collect(rt.invoke(echo(json!({"text": "next"}))).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(texts, expected("next", 1));
+    assert_ne!(rt.pid(), Some(pid));
     rt.shutdown().await;
 }
 

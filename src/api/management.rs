@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,7 +18,7 @@ use super::envelope::Envelope;
 use super::extract::{parse_identifier, ApiError, Input};
 use crate::app_state::AppState;
 use crate::error::DaemonError;
-use crate::package::PluginUniqueIdentifier;
+use crate::package::{PluginCategory, PluginUniqueIdentifier};
 use crate::store::{Installation, ProviderCategory, ProviderInstallation};
 
 type Result<T = Response> = std::result::Result<T, ApiError>;
@@ -92,6 +93,17 @@ pub async fn upload_package(
     let max = state.packages.settings().max_package_size;
     let (bytes, verify) = read_upload(multipart, "dify_pkg", max).await?;
     ok(state.packages.upload(bytes, verify).await?)
+}
+
+/// `POST install/upload/bundle`: multipart `dify_bundle` + `verify_signature`
+/// → one `{type, value}` per dependency of the bundle.
+pub async fn upload_bundle(
+    State(state): State<AppState>,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Result {
+    let max = state.packages.settings().max_bundle_size;
+    let (bytes, verify) = read_upload(multipart, "dify_bundle", max).await?;
+    ok(state.packages.upload_bundle(bytes, verify).await?)
 }
 
 #[derive(Deserialize)]
@@ -292,19 +304,22 @@ impl<'a> Declarations<'a> {
     }
 
     async fn get(&mut self, identifier: &str) -> Result<Value> {
+        self.find(identifier).await?.ok_or_else(|| {
+            DaemonError::internal_msg(format!("declaration of {identifier} is missing")).into()
+        })
+    }
+
+    /// The declaration, or `None` when it is gone (its last installation was
+    /// removed since the caller listed it).
+    async fn find(&mut self, identifier: &str) -> Result<Option<Value>> {
         if let Some(d) = self.cache.get(identifier) {
-            return Ok(d.clone());
+            return Ok(Some(d.clone()));
         }
-        let decl = self
-            .state
-            .store
-            .declaration(identifier)
-            .await?
-            .ok_or_else(|| {
-                DaemonError::internal_msg(format!("declaration of {identifier} is missing"))
-            })?;
-        self.cache.insert(identifier.to_owned(), decl.clone());
-        Ok(decl)
+        let found = self.state.store.declaration(identifier).await?;
+        if let Some(decl) = &found {
+            self.cache.insert(identifier.to_owned(), decl.clone());
+        }
+        Ok(found)
     }
 }
 
@@ -331,27 +346,325 @@ pub async fn list_plugins(
     let mut decls = Declarations::new(&state);
     let mut list = Vec::with_capacity(installations.len());
     for inst in installations {
-        let decl = decls.get(&inst.plugin_unique_identifier).await?;
-        list.push(json!({
-            "id": inst.id,
-            "name": decl.get("name").cloned().unwrap_or(Value::Null),
-            "plugin_id": inst.plugin_id,
-            "tenant_id": inst.tenant_id,
-            "plugin_unique_identifier": inst.plugin_unique_identifier,
-            "endpoints_active": inst.endpoints_active,
-            "endpoints_setups": inst.endpoints_setups,
-            "installation_id": inst.id,
-            "version": decl.get("version").cloned().unwrap_or(Value::Null),
-            "checksum": checksum_of(&inst.plugin_unique_identifier),
-            "declaration": decl,
-            "runtime_type": inst.runtime_type,
-            "created_at": inst.created_at,
-            "updated_at": inst.updated_at,
-            "source": inst.source,
-            "meta": inst.meta,
-        }));
+        // An uninstall between the two reads drops the row rather than
+        // failing the whole listing.
+        let Some(decl) = decls.find(&inst.plugin_unique_identifier).await? else {
+            continue;
+        };
+        list.push(plugin_entry(inst, decl));
     }
     ok(json!({"list": list, "total": total}))
+}
+
+/// One installed plugin as the plugin lists show it.
+fn plugin_entry(inst: Installation, decl: Value) -> Value {
+    json!({
+        "id": inst.id,
+        "name": decl.get("name").cloned().unwrap_or(Value::Null),
+        "plugin_id": inst.plugin_id,
+        "tenant_id": inst.tenant_id,
+        "plugin_unique_identifier": inst.plugin_unique_identifier,
+        "endpoints_active": inst.endpoints_active,
+        "endpoints_setups": inst.endpoints_setups,
+        "installation_id": inst.id,
+        "version": decl.get("version").cloned().unwrap_or(Value::Null),
+        "checksum": checksum_of(&inst.plugin_unique_identifier),
+        "declaration": decl,
+        "runtime_type": inst.runtime_type,
+        "created_at": inst.created_at,
+        "updated_at": inst.updated_at,
+        "source": inst.source,
+        "meta": inst.meta,
+    })
+}
+
+/// How many installations one scan step reads (the reference's
+/// `pluginCategoryListScanPageSize`).
+const SCAN_PAGE: i64 = 256;
+
+/// The tags a plugin may carry (`manifest_entities/tags.go`).
+const PLUGIN_TAGS: [&str; 19] = [
+    "search",
+    "image",
+    "videos",
+    "weather",
+    "finance",
+    "design",
+    "travel",
+    "social",
+    "news",
+    "medical",
+    "productivity",
+    "education",
+    "business",
+    "entertainment",
+    "utilities",
+    "agent",
+    "rag",
+    "other",
+    "trigger",
+];
+
+fn parse_category(name: &str) -> Option<PluginCategory> {
+    use PluginCategory as C;
+    [
+        C::Tool,
+        C::Model,
+        C::Extension,
+        C::AgentStrategy,
+        C::Datasource,
+        C::Trigger,
+    ]
+    .into_iter()
+    .find(|c| c.as_str() == name)
+}
+
+/// The category of a stored declaration, with the precedence of
+/// `PluginDeclaration.Category()`: a provider, or a non-empty list of
+/// provider files, of the first kind found.
+fn declared_category(decl: &Value) -> PluginCategory {
+    let present = |field: &str| decl.get(field).is_some_and(|v| !v.is_null());
+    let listed = |field: &str| {
+        decl.get("plugins")
+            .and_then(|p| p.get(field))
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    if present("tool") || listed("tools") {
+        PluginCategory::Tool
+    } else if present("model") || listed("models") {
+        PluginCategory::Model
+    } else if present("datasource") || listed("datasources") {
+        PluginCategory::Datasource
+    } else if present("agent_strategy") || listed("agent_strategies") {
+        PluginCategory::AgentStrategy
+    } else if present("trigger") || listed("triggers") {
+        PluginCategory::Trigger
+    } else {
+        PluginCategory::Extension
+    }
+}
+
+/// Calls `each` with every installation of a tenant, oldest first, with its
+/// declaration, until it answers `false`.
+async fn scan_installations(
+    state: &AppState,
+    tenant_id: &str,
+    mut each: impl FnMut(Installation, Value) -> bool,
+) -> Result<()> {
+    let mut decls = Declarations::new(state);
+    let mut offset = 0;
+    loop {
+        let page = state
+            .store
+            .installations_from(tenant_id, offset, SCAN_PAGE)
+            .await?;
+        let full = page.len() as i64 == SCAN_PAGE;
+        for inst in page {
+            let Some(decl) = decls.find(&inst.plugin_unique_identifier).await? else {
+                continue;
+            };
+            if !each(inst, decl) {
+                return Ok(());
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+        offset += SCAN_PAGE;
+    }
+}
+
+/// `GET installation/ids?category=` → `{plugin_ids}`: the plugins of a
+/// tenant that bring a provider of that category (for `extension`, the
+/// plugins whose declaration has none).
+pub async fn installed_plugin_ids(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    input: Input,
+) -> Result {
+    let name = input.str("category")?;
+    let category = parse_category(&name)
+        .ok_or_else(|| DaemonError::BadRequest("invalid plugin category".into()))?;
+    let provider = match category {
+        PluginCategory::Tool => Some(ProviderCategory::Tool),
+        PluginCategory::Model => Some(ProviderCategory::Model),
+        PluginCategory::Datasource => Some(ProviderCategory::Datasource),
+        PluginCategory::AgentStrategy => Some(ProviderCategory::AgentStrategy),
+        PluginCategory::Trigger => Some(ProviderCategory::Trigger),
+        PluginCategory::Extension => None,
+    };
+    let plugin_ids = match provider {
+        Some(p) => state.store.provider_plugin_ids(&tenant_id, p).await?,
+        None => {
+            let mut ids = Vec::new();
+            scan_installations(&state, &tenant_id, |inst, decl| {
+                if declared_category(&decl) == PluginCategory::Extension {
+                    ids.push(inst.plugin_id);
+                }
+                true
+            })
+            .await?;
+            ids
+        }
+    };
+    ok(json!({ "plugin_ids": plugin_ids }))
+}
+
+/// The text of an i18n object in `language`, else English.
+fn localized<'a>(value: Option<&'a Value>, language: &str) -> &'a str {
+    let pick = |key: &str| {
+        value
+            .and_then(|v| v.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    let key = match language {
+        "ja_JP" | "zh_Hans" | "pt_BR" => language,
+        _ => "en_US",
+    };
+    match pick(key) {
+        "" => pick("en_US"),
+        text => text,
+    }
+}
+
+/// The filters of a category listing.
+struct ListFilter {
+    query: String,
+    tags: Vec<String>,
+    language: String,
+}
+
+impl ListFilter {
+    fn matches(&self, plugin_id: &str, decl: &Value) -> bool {
+        if !self.tags.is_empty() {
+            let has = decl
+                .get("tags")
+                .and_then(Value::as_array)
+                .is_some_and(|own| {
+                    own.iter()
+                        .filter_map(Value::as_str)
+                        .any(|t| self.tags.iter().any(|want| want == t))
+                });
+            if !has {
+                return false;
+            }
+        }
+        if self.query.is_empty() {
+            return true;
+        }
+        let needle = self.query.to_lowercase();
+        let name = decl.get("name").and_then(Value::as_str).unwrap_or("");
+        [
+            plugin_id,
+            name,
+            localized(decl.get("label"), &self.language),
+            localized(decl.get("description"), &self.language),
+        ]
+        .iter()
+        .any(|text| text.to_lowercase().contains(&needle))
+    }
+}
+
+/// `GET {category}/list?page&page_size[&query][&tags…][&language]` →
+/// `{list, has_more}`: installed plugins of one category, filtered by a
+/// case-insensitive text query and any of the tags.
+pub async fn list_plugins_by_category(
+    State(state): State<AppState>,
+    Path((tenant_id, category)): Path<(String, String)>,
+    query: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
+    input: Input,
+) -> Result {
+    let Query(pairs) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let (page, size) = input.page()?;
+    let text = input.opt_str("query").unwrap_or_default();
+    if text.chars().count() > 256 {
+        return Err(ApiError::Invalid(
+            "query must be at most 256 characters".into(),
+        ));
+    }
+    let language = input.opt_str("language").unwrap_or_default();
+    if !["", "en_US", "zh_Hans", "ja_JP", "pt_BR"].contains(&language.as_str()) {
+        return Err(ApiError::Invalid(
+            "language must be one of en_US zh_Hans ja_JP pt_BR".into(),
+        ));
+    }
+    let tags: Vec<String> = pairs
+        .into_iter()
+        .filter(|(k, _)| k == "tags")
+        .map(|(_, v)| v)
+        .collect();
+    if tags.len() > 128 {
+        return Err(ApiError::Invalid("at most 128 tags".into()));
+    }
+    if let Some(bad) = tags.iter().find(|t| !PLUGIN_TAGS.contains(&t.as_str())) {
+        return Err(ApiError::Invalid(format!("invalid plugin tag {bad:?}")));
+    }
+    let category = parse_category(&category)
+        .ok_or_else(|| DaemonError::BadRequest("invalid plugin category".into()))?;
+    let filter = ListFilter {
+        query: text,
+        tags,
+        language,
+    };
+
+    let mut skip = (page - 1).saturating_mul(size);
+    // One more than a page tells whether another page follows.
+    let want = (size + 1) as usize;
+    let mut list = Vec::with_capacity(want);
+    scan_installations(&state, &tenant_id, |inst, decl| {
+        if declared_category(&decl) != category || !filter.matches(&inst.plugin_id, &decl) {
+            return true;
+        }
+        if skip > 0 {
+            skip -= 1;
+            return true;
+        }
+        list.push(plugin_entry(inst, decl));
+        list.len() < want
+    })
+    .await?;
+    let has_more = list.len() > size as usize;
+    list.truncate(size as usize);
+    ok(json!({ "list": list, "has_more": has_more }))
+}
+
+/// `GET models/bindings` → each model provider of the tenant with the
+/// installation bringing it: `[{provider, installation_id, plugin_id,
+/// plugin_unique_identifier, runtime_type, source, version, verified}]`.
+pub async fn list_model_bindings(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result {
+    let bindings = state.store.model_bindings(&tenant_id).await?;
+    let mut decls = Declarations::new(&state);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(bindings.len());
+    for b in bindings {
+        let identifier: PluginUniqueIdentifier =
+            b.plugin_unique_identifier
+                .parse()
+                .map_err(|e: crate::package::IdentifierError| {
+                    DaemonError::UniqueIdentifier(e.to_string())
+                })?;
+        let version = version_of(&identifier.to_string()).to_owned();
+        if !seen.insert((b.plugin_id.clone(), b.provider.clone())) {
+            continue;
+        }
+        let decl = decls.get(&b.plugin_unique_identifier).await?;
+        out.push(json!({
+            "provider": b.provider,
+            "installation_id": b.installation_id,
+            "plugin_id": b.plugin_id,
+            "plugin_unique_identifier": b.plugin_unique_identifier,
+            "runtime_type": b.runtime_type,
+            "source": b.source,
+            "version": version,
+            "verified": decl.get("verified").and_then(Value::as_bool).unwrap_or(false),
+        }));
+    }
+    ok(out)
 }
 
 async fn installation_with_declaration(

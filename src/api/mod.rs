@@ -1,12 +1,14 @@
 //! The HTTP API: `/health/check` and the Dify-compatible management routes
 //! under `/plugin/{tenant_id}`, guarded by the `X-Api-Key` check.
 
+pub mod debugging;
 pub mod dispatch;
 pub mod endpoint;
 pub mod envelope;
 pub mod extract;
 pub mod management;
 pub mod mcp;
+pub mod serverless;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -50,6 +52,12 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
             )),
         )
         .route(
+            &format!("{m}/install/upload/bundle"),
+            post(h::upload_bundle).layer(DefaultBodyLimit::max(
+                usize::try_from(upload_limit).unwrap_or(usize::MAX),
+            )),
+        )
+        .route(
             &format!("{m}/install/identifiers"),
             post(h::install_identifiers),
         )
@@ -78,6 +86,15 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route(&format!("{m}/uninstall"), post(h::uninstall))
         .route(&format!("{m}/list"), get(h::list_plugins))
         .route(
+            &format!("{m}/installation/ids"),
+            get(h::installed_plugin_ids),
+        )
+        .route(
+            &format!("{m}/{{category}}/list"),
+            get(h::list_plugins_by_category),
+        )
+        .route(&format!("{m}/models/bindings"), get(h::list_model_bindings))
+        .route(
             &format!("{m}/installation/fetch/batch"),
             post(h::fetch_installations),
         )
@@ -104,6 +121,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
         .merge(mcp::routes(gateway.clone()))
         .merge(endpoints.management)
+        .merge(debugging::routes(&state))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -114,6 +132,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .merge(dispatch::router(state.clone()))
         .merge(gateway.routes())
         .merge(endpoints.public)
+        .merge(serverless::routes())
         .with_state(state)
 }
 

@@ -82,6 +82,7 @@ pub async fn invoke(state: &AppState, req: InvokeRequest) -> Result<ChunkStream,
         let session = runtime
             .invoke(SessionRequest {
                 header,
+                tenant_id: req.tenant_id.clone(),
                 user_id: req.user_id.clone(),
                 access_type: req.access_type.clone(),
                 action: req.action,

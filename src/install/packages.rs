@@ -1,6 +1,6 @@
-//! Uploaded packages: decoding and signature policy, persisting the package,
-//! its icons (as content-addressed assets) and its declaration, and reading
-//! them back (reference: `internal/service/plugin_decoder.go`,
+//! Uploaded packages and bundles: decoding and signature policy, persisting
+//! the package, its icons (as content-addressed assets) and its declaration,
+//! and reading them back (reference: `internal/service/plugin_decoder.go`,
 //! `internal/core/plugin_manager/packages.go`, `media_transport/`).
 
 use std::collections::BTreeMap;
@@ -12,7 +12,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{DaemonError, DaemonResult};
-use crate::package::{self, DecodeLimits, PluginPackage, PluginUniqueIdentifier, SignatureKeys};
+use crate::package::{
+    self, decode_bundle, DecodeLimits, Dependency, PluginPackage, PluginUniqueIdentifier,
+    SignatureKeys,
+};
 use crate::storage::Storage;
 use crate::store::Store;
 
@@ -24,6 +27,8 @@ const ASSETS_DIR: &str = "_assets/";
 pub struct PackageSettings {
     /// Largest accepted package (MAX_PLUGIN_PACKAGE_SIZE).
     pub max_package_size: u64,
+    /// Largest accepted bundle (MAX_BUNDLE_PACKAGE_SIZE).
+    pub max_bundle_size: u64,
     /// Refuse packages without a valid signature (FORCE_VERIFYING_SIGNATURE).
     pub force_verifying_signature: bool,
     /// Storage folder of uploaded packages (PLUGIN_PACKAGE_CACHE_PATH).
@@ -39,6 +44,31 @@ pub struct Decoded {
     pub unique_identifier: String,
     pub manifest: Value,
     pub verification: Option<Value>,
+}
+
+/// One dependency of an uploaded bundle, as Dify's `PluginBundleDependency`
+/// reads it: `{"type": "github"|"marketplace"|"package", "value": {…}}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+pub enum BundleDependency {
+    /// A GitHub release asset to fetch.
+    Github {
+        repo_address: String,
+        repo: String,
+        release: String,
+        packages: String,
+    },
+    /// A marketplace plugin to fetch.
+    Marketplace {
+        organization: String,
+        plugin: String,
+        version: String,
+    },
+    /// A package the bundle carried, now uploaded.
+    Package {
+        unique_identifier: String,
+        manifest: Value,
+    },
 }
 
 /// A readme in the language picked.
@@ -151,7 +181,28 @@ fn valid_asset_id(id: &str) -> bool {
 #[derive(Default)]
 struct Written {
     keys: Vec<String>,
-    declaration: Option<String>,
+    declarations: Vec<String>,
+}
+
+/// An embedded package decoded and accepted, waiting to be persisted.
+struct Prepared {
+    slot: usize,
+    package: PluginPackage,
+    bytes: Bytes,
+    verified: bool,
+}
+
+/// Puts the bundle path in front of an embedded package's refusal.
+fn in_bundle(path: &str, e: DaemonError) -> DaemonError {
+    match e {
+        DaemonError::BadRequest(m) => {
+            DaemonError::BadRequest(format!("package {path:?} in the bundle: {m}"))
+        }
+        DaemonError::UniqueIdentifier(m) => {
+            DaemonError::UniqueIdentifier(format!("package {path:?} in the bundle: {m}"))
+        }
+        other => other,
+    }
 }
 
 impl Packages {
@@ -213,17 +264,8 @@ impl Packages {
             ));
         }
         let (pkg, verification) = self.decode_bytes(bytes.clone()).await?;
-        if remote_like(pkg.identifier.author()) {
-            return Err(DaemonError::BadRequest(
-                "cannot set author to an UUID".into(),
-            ));
-        }
         let verified = verification.is_some();
-        if (self.settings.force_verifying_signature || verify_signature) && !verified {
-            return Err(DaemonError::BadRequest(
-                "plugin verification has been enabled, and the plugin you want to install has a bad signature".into(),
-            ));
-        }
+        self.check_policy(&pkg, verified, verify_signature)?;
         let mut written = Written::default();
         match self.persist(&pkg, bytes, verified, &mut written).await {
             Ok(manifest) => Ok(Decoded {
@@ -236,6 +278,123 @@ impl Packages {
                 Err(e)
             }
         }
+    }
+
+    /// The rules an upload must pass beyond decoding: no tenant-like author,
+    /// and a valid signature when verification is asked for or forced.
+    fn check_policy(
+        &self,
+        pkg: &PluginPackage,
+        verified: bool,
+        verify_signature: bool,
+    ) -> DaemonResult<()> {
+        if remote_like(pkg.identifier.author()) {
+            return Err(DaemonError::BadRequest(
+                "cannot set author to an UUID".into(),
+            ));
+        }
+        if (self.settings.force_verifying_signature || verify_signature) && !verified {
+            return Err(DaemonError::BadRequest(
+                "plugin verification has been enabled, and the plugin you want to install has a bad signature".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a bundle and uploads every package it carries exactly as a
+    /// single upload would, answering one entry per dependency in manifest
+    /// order. Every package is decoded and checked before any is stored, and
+    /// a failure while storing undoes what the bundle wrote.
+    pub async fn upload_bundle(
+        &self,
+        bytes: Bytes,
+        verify_signature: bool,
+    ) -> DaemonResult<Vec<BundleDependency>> {
+        let max = self.settings.max_bundle_size;
+        if bytes.len() as u64 > max {
+            return Err(DaemonError::BadRequest(
+                "file size exceeds the maximum limit".into(),
+            ));
+        }
+        // The reference bounds a bundle's uncompressed size by the same
+        // number (`NewZipBundlePackagerWithSizeLimit`).
+        let limits = DecodeLimits::for_package_size(max);
+        let mut bundle = tokio::task::spawn_blocking(move || decode_bundle(&bytes, &limits))
+            .await
+            .map_err(|e| DaemonError::internal("bundle decoding stopped", e))?
+            .map_err(|e| DaemonError::BadRequest(format!("failed to decode bundle: {e}")))?;
+
+        let mut out = Vec::with_capacity(bundle.manifest.dependencies.len());
+        let mut prepared = Vec::new();
+        let mut taken: BTreeMap<String, Bytes> = BTreeMap::new();
+        for dep in std::mem::take(&mut bundle.manifest.dependencies) {
+            match dep {
+                Dependency::Github(g) => out.push(BundleDependency::Github {
+                    repo_address: g.repo_address(),
+                    repo: g.repo(),
+                    release: g.release().to_owned(),
+                    packages: g.asset().to_owned(),
+                }),
+                Dependency::Marketplace(m) => out.push(BundleDependency::Marketplace {
+                    organization: m.organization().to_owned(),
+                    plugin: m.plugin().to_owned(),
+                    version: m.version().to_owned(),
+                }),
+                Dependency::Package { path } => {
+                    // Each package's bytes move out of the bundle once; a
+                    // path listed twice shares them.
+                    let data = match taken.get(&path) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = Bytes::from(bundle.assets.remove(&path).ok_or_else(|| {
+                                DaemonError::BadRequest(format!(
+                                    "package {path:?} not found in the bundle's _assets"
+                                ))
+                            })?);
+                            taken.insert(path.clone(), b.clone());
+                            b
+                        }
+                    };
+                    let (package, verification) = self
+                        .decode_bytes(data.clone())
+                        .await
+                        .map_err(|e| in_bundle(&path, e))?;
+                    let verified = verification.is_some();
+                    self.check_policy(&package, verified, verify_signature)
+                        .map_err(|e| in_bundle(&path, e))?;
+                    out.push(BundleDependency::Package {
+                        unique_identifier: package.identifier.to_string(),
+                        manifest: Value::Null,
+                    });
+                    prepared.push(Prepared {
+                        slot: out.len() - 1,
+                        package,
+                        bytes: data,
+                        verified,
+                    });
+                }
+            }
+        }
+
+        let mut written = Written::default();
+        for p in prepared {
+            match self
+                .persist(&p.package, p.bytes, p.verified, &mut written)
+                .await
+            {
+                Ok(manifest) => {
+                    out[p.slot] = BundleDependency::Package {
+                        unique_identifier: p.package.identifier.to_string(),
+                        manifest,
+                    };
+                }
+                Err(e) => {
+                    self.rollback(written).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn put_new(&self, key: String, data: Bytes, written: &mut Written) -> DaemonResult<()> {
@@ -300,13 +459,13 @@ impl Packages {
             .insert_declaration(&identifier, pkg.identifier.plugin_id(), &declaration)
             .await?
         {
-            written.declaration = Some(identifier);
+            written.declarations.push(identifier);
         }
         Ok(declaration)
     }
 
     async fn rollback(&self, written: Written) {
-        if let Some(identifier) = written.declaration {
+        for identifier in written.declarations {
             if let Err(e) = self.store.delete_unused_declaration(&identifier).await {
                 tracing::error!(error = %e, identifier, "cannot undo a declaration");
             }

@@ -74,6 +74,7 @@ fn parse_tool(s: &str) -> anyhow::Result<ToolRef> {
         plugin_id: None,
         provider: provider.to_owned(),
         tool: tool.to_owned(),
+        name: None,
     })
 }
 

@@ -6,7 +6,7 @@
 //! | `json` | structuredContent + its JSON as text |
 //! | `variable` | a key of structuredContent (streamed values appended) |
 //! | `image`, `image_link`, `link`, `binary_link`, `file` with a URL | resource link |
-//! | `blob`, `blob_chunk`s | image/audio content, else an embedded resource with the MIME type |
+//! | `blob`, `blob_chunk`s | image/audio content, else an embedded resource with the MIME type (text for text types) |
 //! | `log` | progress message only |
 //!
 //! A plugin error ends the call as an `isError` result carrying the
@@ -33,6 +33,18 @@ pub struct Collector {
     blobs: HashMap<String, Vec<u8>>,
     files: usize,
     failure: Option<String>,
+}
+
+/// MIME types whose files are text.
+fn is_textual(mime: &str) -> bool {
+    let essence = mime.split(';').next().unwrap_or("").trim();
+    essence.starts_with("text/")
+        || matches!(
+            essence,
+            "application/json" | "application/xml" | "application/yaml" | "application/javascript"
+        )
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -71,20 +83,27 @@ impl Collector {
     fn push_blob(&mut self, bytes: &[u8], meta: &Value) {
         self.files += 1;
         let mime = str_at(meta, "/mime_type").unwrap_or("application/octet-stream");
-        let data = STANDARD.encode(bytes);
         if mime.starts_with("image/") {
-            self.content.push(ContentBlock::image(data, mime));
-        } else if mime.starts_with("audio/") {
-            self.content.push(ContentBlock::audio(data, mime));
-        } else {
-            let filename = str_at(meta, "/filename")
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("file-{}", self.files));
-            let uri = format!("attachment:///{filename}");
-            self.content.push(ContentBlock::resource(
-                ResourceContents::blob(data, uri).with_mime_type(mime),
-            ));
+            self.content
+                .push(ContentBlock::image(STANDARD.encode(bytes), mime));
+            return;
         }
+        if mime.starts_with("audio/") {
+            self.content
+                .push(ContentBlock::audio(STANDARD.encode(bytes), mime));
+            return;
+        }
+        let filename = str_at(meta, "/filename")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("file-{}", self.files));
+        let uri = format!("attachment:///{filename}");
+        // Text files travel as text, which a model can read as it is.
+        let contents = match std::str::from_utf8(bytes) {
+            Ok(text) if is_textual(mime) => ResourceContents::text(text, uri),
+            _ => ResourceContents::blob(STANDARD.encode(bytes), uri),
+        };
+        self.content
+            .push(ContentBlock::resource(contents.with_mime_type(mime)));
     }
 
     /// Takes one chunk; returns a progress message worth showing, if any.
@@ -314,6 +333,29 @@ mod tests {
         assert_eq!(r["content"][1]["uri"], "https://example.com/a");
         assert_eq!(r["content"][2]["uri"], "https://example.com/i.png");
         assert_eq!(r["structuredContent"], json!({"out": "hello"}));
+    }
+
+    #[test]
+    fn text_files_are_embedded_as_text_and_others_as_blobs() {
+        let r = run(
+            &[
+                json!({"type": "blob", "message": {"blob": STANDARD.encode(b"{\"a\":1}")},
+                    "meta": {"mime_type": "application/json", "filename": "a.json"}}),
+                json!({"type": "blob", "message": {"blob": STANDARD.encode(b"\xff\xfe")},
+                    "meta": {"mime_type": "text/plain"}}),
+            ],
+            false,
+        );
+        assert_eq!(
+            r["content"][0]["resource"],
+            json!({"uri": "attachment:///a.json", "mimeType": "application/json", "text": "{\"a\":1}"})
+        );
+        // Not UTF-8, so a blob whatever the type says.
+        assert_eq!(
+            r["content"][1]["resource"]["blob"],
+            STANDARD.encode(b"\xff\xfe")
+        );
+        assert_eq!(r["content"][1]["resource"]["uri"], "attachment:///file-2");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! 2025-03-26…2025-11-25 revisions (initialize, `Mcp-Session-Id`, GET
 //! stream, DELETE) and serves 2026-07-28 requests statelessly.
 //!
+//! A browser asking for HTML gets [`page`] instead.
+//!
 //! Each server gets its own rmcp service, so a session opened on one server
 //! can never be used on another.
 
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::handler::{Core, McpHandler};
+use super::page;
 use super::records::McpStore;
 use super::seal::Sealer;
 use super::{ChunkStream, ToolCall};
@@ -226,6 +229,9 @@ async fn serve(
     if !gw.origin_allowed(req.headers()) {
         return (StatusCode::FORBIDDEN, "Forbidden: origin not allowed").into_response();
     }
+    if page::wants_page(req.method(), req.headers()) {
+        return server_page(&gw, &server_id, req.headers()).await;
+    }
     let Some(token) = bearer(req.headers()) else {
         return challenge(&gw, req.headers(), &server_id, false);
     };
@@ -239,6 +245,41 @@ async fn serve(
         Ok(response) => response.map(Body::new),
         Err(never) => match never {},
     }
+}
+
+/// The page for people. The server id in the URL is what reaches it, as it
+/// is for MCP clients before they show a token; it shows no secrets.
+async fn server_page(gw: &McpGateway, server_id: &str, headers: &HeaderMap) -> Response {
+    let server = match gw.core.records.get_by_id(server_id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Html("<!doctype html><title>Not found</title><h1>No such MCP server</h1>"),
+            )
+                .into_response()
+        }
+        Err(e) => return DaemonError::from(e).into_response(),
+    };
+    let mut entries = match gw.core.plugin_entries(&server).await {
+        Ok(e) => e,
+        Err(e) => return DaemonError::from(e).into_response(),
+    };
+    entries.extend(gw.core.app_entries(&server).await);
+    let tools: Vec<_> = entries.into_iter().map(|e| e.tool).collect();
+    let url = format!("{}/mcp/{server_id}", gw.base_url(headers));
+    let mut response = Html(page::render(
+        &server.name,
+        &server.description,
+        &url,
+        &tools,
+    ))
+    .into_response();
+    // The page lists the server's current tools; never serve it stale.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// RFC 9728 metadata: tokens are issued by the daemon's management API,

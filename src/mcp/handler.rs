@@ -92,23 +92,29 @@ impl Core {
                     continue;
                 };
                 let chosen = match list {
-                    None => true,
-                    Some(list) => list.iter().any(|r| {
-                        r.provider == provider
-                            && r.tool == tool
-                            && r.plugin_id.as_deref().is_none_or(|id| id == p.plugin_id)
-                    }),
+                    None => Some(None),
+                    Some(list) => list
+                        .iter()
+                        .find(|r| {
+                            r.provider == provider
+                                && r.tool == tool
+                                && r.plugin_id.as_deref().is_none_or(|id| id == p.plugin_id)
+                        })
+                        .map(|r| r.name.as_deref()),
                 };
-                if !chosen {
+                let Some(alias) = chosen else {
                     continue;
-                }
+                };
                 let fixed = server
                     .config
                     .fixed_values
                     .get(&format!("{provider}/{tool}"));
-                let Some(entry) = schema::plugin_tool(&p.plugin_id, provider, t, fixed) else {
+                let Some(mut entry) = schema::plugin_tool(&p.plugin_id, provider, t, fixed) else {
                     continue;
                 };
+                if let Some(alias) = alias {
+                    entry.tool.name = alias.to_owned().into();
+                }
                 if names.insert(entry.tool.name.clone()) {
                     out.push(entry);
                 } else {

@@ -8,6 +8,7 @@
 //! - [`apps`]: Dify apps run through the inner API;
 //! - [`handler`]: the rmcp `ServerHandler` of one server;
 //! - [`gateway`]: `/mcp/{server_id}` with bearer auth, Origin and Host checks;
+//! - [`page`]: the page a browser sees at a server's URL;
 //! - [`cli`]: `plugind mcp …`.
 
 pub mod apps;
@@ -16,6 +17,7 @@ pub mod content;
 pub mod gateway;
 pub mod handler;
 pub mod invoker;
+pub mod page;
 pub mod records;
 pub mod schema;
 pub mod seal;

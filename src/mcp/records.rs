@@ -57,6 +57,9 @@ pub struct ToolRef {
     pub plugin_id: Option<String>,
     pub provider: String,
     pub tool: String,
+    /// The MCP tool name; unset: `provider__tool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One exposed Dify app.
@@ -113,6 +116,15 @@ impl ServerConfig {
             {
                 return Err(McpError::Invalid(format!(
                     "tool entries need a provider and a tool, got {t:?}"
+                )));
+            }
+            if let Some(name) = list
+                .iter()
+                .filter_map(|t| t.name.as_deref())
+                .find(|n| !super::schema::valid_tool_name(n))
+            {
+                return Err(McpError::Invalid(format!(
+                    "tool name {name:?} must be 1 to 128 letters, digits, '_', '-' or '.'"
                 )));
             }
         }

@@ -75,6 +75,15 @@ pub fn plugin_tool_name(provider: &str, tool: &str) -> String {
     )
 }
 
+/// Whether `name` is a tool name the MCP specification allows (2025-11-25,
+/// `server/tools#tool-names`): 1 to 128 of `A-Z a-z 0-9 _ - .`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// The MCP name of an app tool: its configured name, else its id.
 pub fn app_tool_name(app: &AppRef) -> String {
     let base = app.name.as_deref().unwrap_or(&app.app_id);

@@ -1,4 +1,4 @@
-//! The `.difypkg` format: zip reading, manifest and declarations, checksum,
+//! The `.difypkg` format (and the `.difybundle` around it): zip reading, manifest and declarations, checksum,
 //! unique identifiers and signatures (PROTOCOL.md §6).
 //!
 //! [`decode`] is the one entry point for untrusted uploads: it reads the zip
@@ -6,6 +6,7 @@
 //! the checksum and identifier, and checks the signature.
 
 pub mod archive;
+pub mod bundle;
 pub mod checksum;
 pub mod cli;
 pub mod declaration;
@@ -18,6 +19,7 @@ pub mod signature;
 use std::collections::BTreeMap;
 
 pub use archive::{read_archive, Archive, DecodeLimits};
+pub use bundle::{decode_bundle, Bundle, BundleError, BundleManifest, Dependency};
 pub use checksum::checksum;
 pub use declaration::{I18nObject, PluginCategory, PluginDeclaration, PluginPermission};
 pub use error::{IdentifierError, PackageError};

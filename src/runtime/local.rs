@@ -497,9 +497,10 @@ async fn run_child(
                 match frame {
                     None => break "stdout closed".to_owned(),
                     Some(Err(e)) => break format!("reading stdout failed: {e}"),
-                    Some(Ok(Err(too_long))) => {
-                        tracing::warn!(plugin = %id, "plugin wrote a {too_long}");
-                    }
+                    // The reference ends a plugin whose line overflows its
+                    // buffer; the rest of that message is lost anyway, and the
+                    // session it belonged to can never complete.
+                    Some(Ok(Err(too_long))) => break format!("plugin wrote a {too_long}"),
                     Some(Ok(Ok(line))) => match PluginEvent::parse(&line) {
                         Ok(PluginEvent::Heartbeat) if !ready => {
                             ready = true;

@@ -11,6 +11,7 @@ pub mod local;
 pub mod protocol;
 pub mod python_env;
 pub mod registry;
+pub mod serverless;
 pub mod session;
 
 use std::time::Duration;
@@ -56,6 +57,12 @@ pub enum RuntimeError {
     /// Reading from or writing to the plugin failed.
     #[error("plugin i/o failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The request is larger than the host can carry (Lambda: 6 MB).
+    #[error("invocation payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+    /// The host's invoke API failed (after its retries).
+    #[error("plugin invocation failed: {0}")]
+    Invoke(String),
 }
 
 impl From<RuntimeError> for DaemonError {
@@ -64,6 +71,7 @@ impl From<RuntimeError> for DaemonError {
             RuntimeError::Plugin(e) => DaemonError::PluginInvoke(e.to_json_string()),
             RuntimeError::ConnectionClosed => DaemonError::ConnectionClosed,
             RuntimeError::Timeout => DaemonError::internal_msg("killed by timeout"),
+            RuntimeError::PayloadTooLarge { .. } => DaemonError::BadRequest(err.to_string()),
             other => {
                 let message = other.to_string();
                 DaemonError::internal(message, other)
@@ -95,6 +103,9 @@ pub enum RuntimeState {
 pub struct SessionRequest {
     /// Session id and the context fields sent with every line.
     pub header: SessionHeader,
+    /// Tenant the session runs for (hosts that call back out of process,
+    /// such as Lambda, bind it into their callback token).
+    pub tenant_id: String,
     pub user_id: String,
     /// Access type, e.g. `tool`, `model`, `endpoint`.
     pub access_type: String,
@@ -120,6 +131,7 @@ impl SessionRequest {
                 session_id: uuid::Uuid::new_v4().to_string(),
                 ..Default::default()
             },
+            tenant_id: String::new(),
             user_id: user_id.into(),
             access_type: access_type.into(),
             action: action.into(),

@@ -15,10 +15,13 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod debugging;
 mod endpoints;
 mod kv;
+mod listing;
 mod models;
 mod runtimes;
+mod serverless;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +35,7 @@ use sqlx::{AnyPool, Row};
 pub use endpoints::{default_expiry, EndpointRecord, NewEndpoint};
 pub use kv::SqlKvStore;
 pub use models::*;
+pub use serverless::ServerlessRuntimeRecord;
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,17 @@ pub struct ProviderInstallation {
     pub plugin_id: String,
 }
 
+/// A model provider of a tenant joined with the installation bringing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelBinding {
+    pub provider: String,
+    pub installation_id: String,
+    pub plugin_id: String,
+    pub plugin_unique_identifier: String,
+    pub runtime_type: String,
+    pub source: String,
+}
+
 /// The kinds of provider a declaration can bring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderCategory {

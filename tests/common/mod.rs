@@ -102,6 +102,11 @@ pub async fn serve(
     let state = AppState::build_with_step(settings, step).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // As `plugind serve` does: small response pieces go out at once
+    // instead of waiting for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = plugind::api::app(state.clone());
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
@@ -237,6 +242,11 @@ pub const ICON: &[u8] = b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>";
 
 /// A tool plugin package `langgenius/<name>` at `version`, built in memory.
 pub fn tool_package(name: &str, version: &str) -> Vec<u8> {
+    tool_package_with_provider_icon(name, version, "icon.svg")
+}
+
+/// [`tool_package`] whose tool provider names `provider_icon` as its icon.
+pub fn tool_package_with_provider_icon(name: &str, version: &str, provider_icon: &str) -> Vec<u8> {
     let manifest = format!(
         r#"version: {version}
 type: plugin
@@ -271,7 +281,7 @@ created_at: 2024-01-01T00:00:00Z
     en_US: Echo
   description:
     en_US: Echo provider
-  icon: icon.svg
+  icon: {provider_icon}
 tools:
   - tools/echo.yaml
 "#

@@ -49,6 +49,11 @@ pub async fn serve_app(
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // As `plugind serve` does: small response pieces go out at once
+    // instead of waiting for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = match invoker {
         None => plugind::api::app(state.clone()),
         Some(invoker) => {

@@ -425,6 +425,57 @@ class PluginDecodeResponse(BaseModel):
     verification: PluginVerification | None = None
 
 
+class PluginBundleDependency(BaseModel):
+    """One entry of a bundle upload, as Dify's `core/plugin/entities/bundle.py` reads it."""
+
+    class Type(StrEnum):
+        Github = PluginInstallationSource.Github.value
+        Marketplace = PluginInstallationSource.Marketplace.value
+        Package = PluginInstallationSource.Package.value
+
+    class Github(BaseModel):
+        repo_address: str
+        repo: str
+        release: str
+        packages: str
+
+    class Marketplace(BaseModel):
+        organization: str
+        plugin: str
+        version: str
+
+    class Package(BaseModel):
+        unique_identifier: str
+        manifest: PluginDeclaration
+
+    type: Type
+    value: Github | Marketplace | Package
+
+
+# The listings below have no Dify caller yet; their models follow the reference
+# daemon's response structs (`internal/service/manage_plugin.go`).
+
+
+class InstalledPluginIDs(BaseModel):
+    plugin_ids: list[str]
+
+
+class PluginCategoryListResponse(BaseModel):
+    list: list[PluginEntity]
+    has_more: bool
+
+
+class ModelPluginBinding(BaseModel):
+    provider: str
+    installation_id: str
+    plugin_id: str
+    plugin_unique_identifier: str
+    runtime_type: str
+    source: PluginInstallationSource
+    version: str
+    verified: bool
+
+
 class PluginInstallTaskStatus(StrEnum):
     Pending = "pending"
     Running = "running"
@@ -598,6 +649,51 @@ class DifyPluginClient:
             PluginDecodeResponse,
             files={"dify_pkg": ("dify_pkg", pkg, "application/octet-stream")},
             data={"verify_signature": "true" if verify_signature else "false"},
+        )
+
+    def upload_bundle(self, tenant_id: str, bundle: bytes, verify_signature: bool = False) -> list[PluginBundleDependency]:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/management/install/upload/bundle",
+            list[PluginBundleDependency],
+            files={"dify_bundle": ("dify_bundle", bundle, "application/octet-stream")},
+            data={"verify_signature": "true" if verify_signature else "false"},
+        )
+
+    def list_installed_plugin_ids(self, tenant_id: str, category: str) -> InstalledPluginIDs:
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/installation/ids",
+            InstalledPluginIDs,
+            params={"category": category},
+        )
+
+    def list_plugins_by_category(
+        self,
+        tenant_id: str,
+        category: str,
+        page: int = 1,
+        page_size: int = 256,
+        query: str | None = None,
+        tags: list[str] | None = None,
+        language: str | None = None,
+    ) -> PluginCategoryListResponse:
+        params: list[tuple[str, Any]] = [("page", page), ("page_size", page_size)]
+        if query is not None:
+            params.append(("query", query))
+        params.extend(("tags", t) for t in tags or [])
+        if language is not None:
+            params.append(("language", language))
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/{category}/list",
+            PluginCategoryListResponse,
+            params=params,
+        )
+
+    def list_model_plugin_bindings(self, tenant_id: str) -> list[ModelPluginBinding]:
+        return self.request_with_response(
+            "GET", f"plugin/{tenant_id}/management/models/bindings", list[ModelPluginBinding]
         )
 
     def decode_plugin_from_identifier(self, tenant_id: str, identifier: str) -> PluginDecodeResponse:

@@ -10,6 +10,8 @@ another daemon).
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
@@ -22,7 +24,9 @@ import pytest
 
 from dify_client import (
     DifyPluginClient,
+    PluginBundleDependency,
     PluginCategory,
+    PluginDaemonBadRequestError,
     PluginDaemonClientSideError,
     PluginDaemonError,
     PluginInstallTaskStatus,
@@ -112,6 +116,29 @@ def installed_tool(client, tenant, uploaded_tool):
     return uploaded_tool.unique_identifier
 
 
+def make_bundle(dependencies: list[dict], packages: dict[str, bytes]) -> bytes:
+    """A .difybundle: a bundle manifest, its icon, and packages under `_assets/`."""
+    manifest = {
+        "name": "kit",
+        "labels": {"en_US": "Kit"},
+        "description": {"en_US": "A kit"},
+        "icon": "icon.svg",
+        "version": "0.0.1",
+        "author": "plugind",
+        "type": "bundle",
+        "dependencies": dependencies,
+        "tags": [],
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        # JSON is YAML too; it keeps the test free of a YAML library.
+        zf.writestr("manifest.yaml", json.dumps(manifest))
+        zf.writestr("_assets/icon.svg", '<svg xmlns="http://www.w3.org/2000/svg"/>')
+        for path, data in packages.items():
+            zf.writestr(f"_assets/{path}", data)
+    return buf.getvalue()
+
+
 def find_installed(client, tenant, plugin_id: str):
     listed = client.list_plugins_with_total(tenant)
     return next((p for p in listed.list if p.plugin_id == plugin_id), None), listed
@@ -143,8 +170,16 @@ def test_fetch_manifest_by_identifier(client, tenant, uploaded_tool):
     assert manifest.version == "0.0.1"
 
 
-def test_fetch_identifier_reports_known_package(client, tenant, uploaded_tool):
-    assert client.fetch_plugin_by_identifier(tenant, uploaded_tool.unique_identifier) is True
+def test_fetch_identifier_is_false_for_a_never_installed_package(client, tenant, tmp_path_factory):
+    # As the reference daemon: an upload alone records no plugin, so Dify
+    # uploads the package again before installing it.
+    pkg = build_package("echo_model", tmp_path_factory.mktemp("pkg-model"))
+    uploaded = client.upload_pkg(tenant, pkg, verify_signature=False)
+    assert client.fetch_plugin_by_identifier(tenant, uploaded.unique_identifier) is False
+
+
+def test_fetch_identifier_reports_an_installed_package(client, tenant, installed_tool):
+    assert client.fetch_plugin_by_identifier(tenant, installed_tool) is True
 
 
 def test_unknown_identifier_is_a_typed_error(client, tenant):
@@ -242,3 +277,101 @@ def test_uninstall_removes_plugin(client, tenant, installed_tool):
 
 def test_uninstall_of_absent_installation_is_true(client, tenant):
     assert client.uninstall(tenant, str(uuid.uuid4())) is True
+
+
+# --- bundles ---------------------------------------------------------------------------------
+
+
+def test_bundle_upload_answers_each_dependency(client, tenant, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bundle")
+    tool = build_package("echo_tool", tmp)
+    model = build_package("echo_model", tmp)
+    bundle = make_bundle(
+        [
+            {"type": "marketplace", "value": {"marketplace_pattern": "langgenius/openai:0.0.5"}},
+            {"type": "package", "value": {"path": "tool"}},
+            {"type": "github", "value": {"repo_pattern": "plugind/kit:^1.0.0/echo.difypkg"}},
+            {"type": "package", "value": {"path": "model"}},
+        ],
+        {"tool": tool, "model": model},
+    )
+    deps = client.upload_bundle(tenant, bundle, verify_signature=False)
+    assert [d.type for d in deps] == [
+        PluginBundleDependency.Type.Marketplace,
+        PluginBundleDependency.Type.Package,
+        PluginBundleDependency.Type.Github,
+        PluginBundleDependency.Type.Package,
+    ]
+    market, tool_dep, github, model_dep = (d.value for d in deps)
+    assert isinstance(market, PluginBundleDependency.Marketplace)
+    assert (market.organization, market.plugin, market.version) == ("langgenius", "openai", "0.0.5")
+    assert isinstance(github, PluginBundleDependency.Github)
+    assert github.repo_address == "https://github.com/plugind/kit"
+    assert (github.repo, github.release, github.packages) == ("plugind/kit", "^1.0.0", "echo.difypkg")
+    for dep, name, category in ((tool_dep, "echo_tool", PluginCategory.Tool), (model_dep, "echo_model", PluginCategory.Model)):
+        assert isinstance(dep, PluginBundleDependency.Package)
+        assert IDENTIFIER_RE.match(dep.unique_identifier), dep.unique_identifier
+        assert dep.manifest.name == name and dep.manifest.category == category
+        # Stored as a single upload is: Dify decodes it next.
+        decoded = client.decode_plugin_from_identifier(tenant, dep.unique_identifier)
+        assert decoded.unique_identifier == dep.unique_identifier
+
+
+def test_bundle_with_a_missing_package_is_a_bad_request(client, tenant):
+    bundle = make_bundle([{"type": "package", "value": {"path": "absent"}}], {})
+    with pytest.raises(PluginDaemonBadRequestError, match="absent"):
+        client.upload_bundle(tenant, bundle)
+
+
+def test_plugin_package_uploaded_as_bundle_is_a_bad_request(client, tenant, tmp_path_factory):
+    pkg = build_package("echo_tool", tmp_path_factory.mktemp("not-bundle"))
+    with pytest.raises(PluginDaemonBadRequestError, match="bundle"):
+        client.upload_bundle(tenant, pkg)
+
+
+# --- listings by category and model bindings ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listing_tenant(client, tmp_path_factory) -> str:
+    """A tenant of its own with the tool and the model fixtures installed."""
+    own = str(uuid.uuid4())
+    tmp = tmp_path_factory.mktemp("listing")
+    for fixture in ("echo_tool", "echo_model"):
+        uploaded = client.upload_pkg(own, build_package(fixture, tmp))
+        install(client, own, uploaded.unique_identifier)
+    return own
+
+
+def test_installed_plugin_ids_by_category(client, listing_tenant):
+    assert client.list_installed_plugin_ids(listing_tenant, "tool").plugin_ids == ["plugind/echo_tool"]
+    assert client.list_installed_plugin_ids(listing_tenant, "model").plugin_ids == ["plugind/echo_model"]
+    assert client.list_installed_plugin_ids(listing_tenant, "extension").plugin_ids == []
+    with pytest.raises(PluginDaemonBadRequestError):
+        client.list_installed_plugin_ids(listing_tenant, "nonsense")
+
+
+def test_plugins_listed_by_category(client, listing_tenant):
+    tools = client.list_plugins_by_category(listing_tenant, "tool")
+    assert [p.plugin_id for p in tools.list] == ["plugind/echo_tool"] and tools.has_more is False
+    entry = tools.list[0]
+    assert entry.declaration.category == PluginCategory.Tool and entry.installation_id == entry.id
+    models = client.list_plugins_by_category(listing_tenant, "model", page=1, page_size=1)
+    assert [p.plugin_id for p in models.list] == ["plugind/echo_model"] and models.has_more is False
+    assert client.list_plugins_by_category(listing_tenant, "tool", query="ECHO_T").list
+    assert client.list_plugins_by_category(listing_tenant, "tool", query="absent").list == []
+    assert client.list_plugins_by_category(listing_tenant, "tool", tags=["search"]).list == []
+    with pytest.raises(PluginDaemonClientSideError, match="400"):
+        client.list_plugins_by_category(listing_tenant, "tool", tags=["not-a-tag"])
+
+
+def test_model_bindings(client, listing_tenant):
+    bindings = client.list_model_plugin_bindings(listing_tenant)
+    assert len(bindings) == 1
+    binding = bindings[0]
+    assert (binding.provider, binding.plugin_id) == ("echo_model", "plugind/echo_model")
+    assert binding.version == "0.0.1" and binding.verified is False
+    assert binding.source.value == "package"
+    installed = client.fetch_installations_by_ids(listing_tenant, ["plugind/echo_model"])
+    assert [i.id for i in installed] == [binding.installation_id]
+    assert installed[0].plugin_unique_identifier == binding.plugin_unique_identifier
