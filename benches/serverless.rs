@@ -7,7 +7,6 @@
 //! Run: `cargo bench --bench serverless` (needs `scripts/setup-python.sh`).
 
 #[path = "../tests/lambda_emulator/mod.rs"]
-#[allow(dead_code)]
 mod lambda_emulator;
 
 use std::process::Stdio;

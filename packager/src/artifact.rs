@@ -688,7 +688,7 @@ fn write_zip(
         zip.write_all(&entry.content)
             .map_err(io_err("writing the artifact zip", path.as_str()))?;
         let done = done as u64 + 1;
-        if done % 64 == 0 || done == total {
+        if done.is_multiple_of(64) || done == total {
             opts.report(BuildEvent::Files { done, total });
         }
     }

@@ -45,7 +45,8 @@ pub fn build_options() -> BuildOptions {
 
 /// The artifact of a fixture, built once per test binary.
 pub fn fixture_artifact(name: &'static str) -> Arc<Artifact> {
-    static BUILT: OnceLock<std::sync::Mutex<Vec<(&'static str, Arc<Artifact>)>>> = OnceLock::new();
+    type Built = std::sync::Mutex<Vec<(&'static str, Arc<Artifact>)>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, a)) = built.iter().find(|(n, _)| *n == name) {
