@@ -56,6 +56,10 @@ say "infra checks"
 infra/check.sh
 
 
+say "plugin-runner (the Lambda bootstrap the serverless tests package)"
+cargo build -p plugin-runner
+export PLUGIN_RUNNER_BIN="$CARGO_TARGET_DIR/debug/plugin-runner"
+
 say "cargo test --workspace (embedded SQLite)"
 unset PLUGIND_TEST_POSTGRES_URL
 cargo test --workspace --no-fail-fast

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
+use crate::install::lambda_artifact::PackagerBuilder;
 use crate::install::local::LocalInstallStep;
 use crate::install::packages::{PackageSettings, Packages};
 use crate::install::serverless::{
     ArtifactBuilder, AwsClients, ServerlessInstallStep, ServerlessTarget,
 };
-use crate::install::{InstallStep, Installer, NoopInstallStep};
+use crate::install::{InstallStep, Installer};
 use crate::package::{PackageError, SignatureKeys};
 use crate::runtime::serverless::ServerlessConfig;
 use crate::runtime::{LocalHost, Registry};
@@ -85,7 +86,10 @@ impl AppState {
     pub async fn build(settings: Settings) -> Result<Self, AppStateError> {
         let choice = match settings.platform {
             Platform::Local => StepChoice::Local(LocalHost::from_settings(&settings)),
-            Platform::Serverless => StepChoice::Given(Arc::new(NoopInstallStep)),
+            Platform::Serverless => StepChoice::Serverless {
+                builder: Arc::new(PackagerBuilder::from_settings(&settings)),
+                clients: AwsClients::from_settings(&settings).await,
+            },
         };
         Self::build_inner(settings, choice).await
     }

@@ -9,11 +9,14 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use plugind_packager::deploy::{self, Arch, WaitOptions};
+use plugind_packager::BuildEvent;
 use serde_json::json;
 
+use crate::install::lambda_artifact::PackagerBuilder;
 use crate::install::serverless::{ArtifactBuilder, ServerlessTarget, UploadedArtifact};
 use crate::install::InstallJob;
 use crate::package::{self, DecodeLimits};
+use crate::runtime::python_env::PythonEnvConfig;
 
 /// Why a `plugind lambda` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,8 @@ pub enum LambdaCommand {
         /// Where to write the zip. Unset: next to the package, `<name>.<arch>.zip`.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        build: BuildArgs,
     },
     /// Build, upload and deploy a .difypkg as a Lambda function; print the published version.
     Deploy {
@@ -58,7 +63,105 @@ pub enum LambdaCommand {
         pkg: PathBuf,
         #[command(flatten)]
         aws: DeployArgs,
+        #[command(flatten)]
+        build: BuildArgs,
     },
+}
+
+/// What building an artifact needs, with the daemon's variable names.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Folder holding `<arch>/plugin-runner`. Unset: the `plugin-runner` next to
+    /// this executable (this machine's architecture only).
+    #[arg(long, env = "PLUGIN_LAMBDA_BOOTSTRAP_DIR")]
+    pub bootstrap_dir: Option<PathBuf>,
+    /// The uv binary. Unset: `uv` on PATH, else the uv Python package's.
+    #[arg(long = "uv", env = "UV_PATH")]
+    pub uv_path: Option<PathBuf>,
+    /// uv's download cache; reused between builds so later builds are fast.
+    /// Unset: `~/.cache/plugind/uv`.
+    #[arg(long, env = "UV_CACHE_DIR")]
+    pub uv_cache_dir: Option<PathBuf>,
+    /// Package index URL for the plugin's dependencies.
+    #[arg(long, env = "PIP_MIRROR_URL")]
+    pub pip_mirror_url: Option<String>,
+    /// Extra `uv pip install` arguments, split on whitespace.
+    #[arg(long, env = "PIP_EXTRA_ARGS", allow_hyphen_values = true)]
+    pub pip_extra_args: Option<String>,
+}
+
+impl BuildArgs {
+    /// The packager with these settings, reporting to `bar`.
+    fn builder(&self, s3_prefix: &str, bar: &ProgressBar) -> PackagerBuilder {
+        let search_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        let uv_cache_dir = self.uv_cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir)
+                .join(".cache/plugind/uv")
+        });
+        let env = PythonEnvConfig {
+            uv_path: self.uv_path.clone(),
+            python_interpreter_path: None,
+            pip_mirror_url: self.pip_mirror_url.clone().filter(|u| !u.is_empty()),
+            pip_extra_args: self
+                .pip_extra_args
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            uv_cache_dir,
+            init_timeout: Duration::from_secs(600),
+            search_path,
+            pyenv_root: None,
+        };
+        let bar = bar.clone();
+        PackagerBuilder::new(env, self.bootstrap_dir.clone(), s3_prefix.to_owned())
+            .with_progress(Arc::new(move |event| show(&bar, event)))
+    }
+}
+
+/// Shows a build event on the progress bar: steps as the message, uv's
+/// lines under it, the zip's entries as a bar.
+fn show(bar: &ProgressBar, event: BuildEvent) {
+    match event {
+        BuildEvent::Started(step) => {
+            bar.set_length(0);
+            bar.set_position(0);
+            bar.set_message(step.label().to_owned());
+        }
+        BuildEvent::Output(line) => bar.set_message(format!("uv: {}", line.trim())),
+        BuildEvent::Files { done, total } => {
+            if bar.length() != Some(total) {
+                bar.set_style(bar_style());
+                bar.set_length(total);
+                bar.set_message("zipping");
+            }
+            bar.set_position(done);
+        }
+        BuildEvent::Finished(step) => {
+            bar.set_style(spinner_style());
+            bar.println(format!("  done: {}", step.label()));
+        }
+    }
+}
+
+/// Runs `command` with the packager as artifact builder and progress on
+/// stderr.
+pub async fn run(command: LambdaCommand) -> Result<(), LambdaCliError> {
+    let bar = spinner("reading the package");
+    let builder: Arc<dyn ArtifactBuilder> = Arc::new(match &command {
+        LambdaCommand::Package { build, .. } => build.builder("", &bar),
+        LambdaCommand::Deploy { build, aws, .. } => build.builder(&aws.prefix, &bar),
+    });
+    let result = command.run_with(builder, &bar).await;
+    if result.is_err() {
+        bar.abandon();
+    }
+    result
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -108,12 +211,19 @@ pub struct DeployArgs {
     pub path_style: bool,
 }
 
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} [{elapsed}] {msg} [{bar:30}] {pos}/{len}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
 fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
+    bar.set_style(spinner_style());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message(message.to_owned());
     bar
@@ -129,11 +239,16 @@ async fn read(path: &PathBuf) -> Result<Vec<u8>, LambdaCliError> {
 }
 
 impl LambdaCommand {
-    /// Runs the command; `builder` makes the artifacts.
-    pub async fn run(self, builder: Arc<dyn ArtifactBuilder>) -> Result<(), LambdaCliError> {
+    /// Runs the command; `builder` makes the artifacts, `bar` shows progress.
+    pub async fn run_with(
+        self,
+        builder: Arc<dyn ArtifactBuilder>,
+        bar: &ProgressBar,
+    ) -> Result<(), LambdaCliError> {
         match self {
-            Self::Package { pkg, arch, output } => {
-                let bar = spinner("reading the package");
+            Self::Package {
+                pkg, arch, output, ..
+            } => {
                 let bytes = read(&pkg).await?;
                 let decoded = package::decode(&bytes, &DecodeLimits::default())?;
                 let identifier = decoded.identifier.to_string();
@@ -176,7 +291,7 @@ impl LambdaCommand {
                 );
                 Ok(())
             }
-            Self::Deploy { pkg, aws } => deploy_package(pkg, aws, builder).await,
+            Self::Deploy { pkg, aws, .. } => deploy_package(pkg, aws, builder, bar).await,
         }
     }
 }
@@ -185,13 +300,13 @@ async fn deploy_package(
     pkg: PathBuf,
     aws: DeployArgs,
     builder: Arc<dyn ArtifactBuilder>,
+    bar: &ProgressBar,
 ) -> Result<(), LambdaCliError> {
     if aws.timeout <= 0 || aws.timeout > deploy::LAMBDA_MAX_TIMEOUT {
         return Err(LambdaCliError::Usage(
             "PLUGIN_LAMBDA_TIMEOUT must be between 1 and 900 seconds".into(),
         ));
     }
-    let bar = spinner("reading the package");
     let bytes = read(&pkg).await?;
     let decoded = package::decode(&bytes, &DecodeLimits::default())?;
     let identifier = decoded.identifier.to_string();

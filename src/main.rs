@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+use plugind::lambda_cli::LambdaCommand;
 use plugind::mcp::cli::McpCommand;
 use plugind::package::cli::PluginCommand;
 use plugind::settings::Settings;
@@ -26,6 +27,12 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Build a plugin's AWS Lambda artifact, or build and deploy it as a
+    /// function, outside the daemon (for operators who ship functions from CI).
+    Lambda {
+        #[command(subcommand)]
+        command: LambdaCommand,
     },
     /// Manage MCP servers and their access tokens in the daemon's database.
     Mcp {
@@ -58,6 +65,11 @@ fn run() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(plugind::serve::run(*settings))
         }
         Command::Plugin { command } => plugind::package::cli::run(command),
+        Command::Lambda { command } => {
+            plugind::telemetry::init("warn", plugind::settings::LogFormat::Text)
+                .map_err(anyhow::Error::msg)?;
+            Ok(tokio::runtime::Runtime::new()?.block_on(plugind::lambda_cli::run(command))?)
+        }
         Command::Mcp { command, settings } => {
             check(&settings);
             tokio::runtime::Runtime::new()?.block_on(plugind::mcp::cli::run(command, &settings))

@@ -54,38 +54,13 @@ pub enum DeployError {
     NotReady { function: String, waited: Duration },
 }
 
-/// The instruction set the function runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    X86_64,
-    Arm64,
-}
+pub use crate::artifact::Arch;
 
-impl Arch {
-    /// The name Lambda and the artifact manifest use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::X86_64 => "x86_64",
-            Self::Arm64 => "arm64",
-        }
-    }
-
-    fn lambda(self) -> Architecture {
-        match self {
-            Self::X86_64 => Architecture::X8664,
-            Self::Arm64 => Architecture::Arm64,
-        }
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "x86_64" | "amd64" => Ok(Self::X86_64),
-            "arm64" | "aarch64" => Ok(Self::Arm64),
-            other => Err(format!("unknown architecture {other:?} (x86_64 or arm64)")),
-        }
+/// Lambda's name of `arch`.
+fn lambda_architecture(arch: Arch) -> Architecture {
+    match arch {
+        Arch::X86_64 => Architecture::X8664,
+        Arch::Arm64 => Architecture::Arm64,
     }
 }
 
@@ -270,7 +245,7 @@ pub async fn deploy_function(
                 .role(&spec.role_arn)
                 .runtime(Runtime::from(spec.runtime.as_str()))
                 .handler(&spec.handler)
-                .architectures(spec.arch.lambda())
+                .architectures(lambda_architecture(spec.arch))
                 .memory_size(spec.memory_mb)
                 .timeout(spec.timeout_secs)
                 .environment(environment)
@@ -295,7 +270,7 @@ pub async fn deploy_function(
                 .function_name(name)
                 .s3_bucket(&spec.bucket)
                 .s3_key(&spec.key)
-                .architectures(spec.arch.lambda())
+                .architectures(lambda_architecture(spec.arch))
                 .send()
                 .await
                 .map_err(|e| lambda_error("UpdateFunctionCode", name, e))?;

@@ -7,6 +7,7 @@
 //! task. Dify polls the task. Every path ends the task as success or failed,
 //! even when the step panics.
 
+pub mod lambda_artifact;
 pub mod local;
 pub mod packages;
 pub mod serverless;

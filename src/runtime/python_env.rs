@@ -254,6 +254,11 @@ pub struct UvCommand {
 }
 
 impl UvCommand {
+    /// The binary.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
     fn command(&self) -> Command {
         Command::new(&self.program)
     }

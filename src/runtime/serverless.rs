@@ -506,6 +506,7 @@ impl Invocation {
     ) -> Outcome {
         let mut buf: Vec<u8> = Vec::new();
         let mut delivered = false;
+        let mut prelude_seen = false;
         loop {
             let event = match out.event_stream.recv().await {
                 Ok(event) => event,
@@ -524,7 +525,21 @@ impl Invocation {
                     if let Some(blob) = update.payload {
                         buf.extend_from_slice(blob.as_ref());
                     }
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    if !prelude_seen {
+                        match scan_prelude(&buf) {
+                            Prelude::Undecided => {}
+                            Prelude::Absent => prelude_seen = true,
+                            Prelude::Ends(end) => {
+                                buf.drain(..end);
+                                prelude_seen = true;
+                            }
+                        }
+                    }
+                    while let Some(pos) = buf
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .filter(|_| prelude_seen)
+                    {
                         let line: Vec<u8> = buf.drain(..=pos).collect();
                         if let Some(outcome) =
                             self.line(&line[..line.len() - 1], &mut delivered).await
@@ -607,6 +622,39 @@ impl Invocation {
     }
 }
 
+/// Where a streamed body's metadata prelude ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Prelude {
+    /// Not enough bytes yet to tell.
+    Undecided,
+    /// The body starts with session lines.
+    Absent,
+    /// The prelude takes the first `n` bytes.
+    Ends(usize),
+}
+
+/// `lambda_runtime` opens every streamed response with a metadata prelude
+/// (one JSON object, then eight NUL bytes) meant for function URLs; the
+/// Invoke API passes it through, so it precedes the plugin's first line.
+/// The prelude is one line of JSON without a newline, so a newline before
+/// the NULs means there is none.
+fn scan_prelude(buf: &[u8]) -> Prelude {
+    const DELIMITER: [u8; 8] = [0; 8];
+    match buf.first() {
+        None => return Prelude::Undecided,
+        Some(b'{') => {}
+        Some(_) => return Prelude::Absent,
+    }
+    let newline = buf.iter().position(|b| *b == b'\n');
+    let delimiter = buf.windows(DELIMITER.len()).position(|w| w == DELIMITER);
+    match (delimiter, newline) {
+        (Some(d), Some(n)) if n < d => Prelude::Absent,
+        (Some(d), _) => Prelude::Ends(d + DELIMITER.len()),
+        (None, Some(_)) => Prelude::Absent,
+        (None, None) => Prelude::Undecided,
+    }
+}
+
 /// The typed error of a function that failed: timeouts read as the
 /// daemon's own timeout, the rest as a plugin error naming Lambda's code.
 fn function_error(code: &str, details: &str) -> RuntimeError {
@@ -683,6 +731,19 @@ mod tests {
             verify_token(b"key", "garbage", "s1", 0),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn the_metadata_prelude_is_found_and_only_it() {
+        let prelude = br#"{"statusCode":200,"headers":{},"cookies":[]}"#;
+        let mut body = prelude.to_vec();
+        body.extend_from_slice(&[0; 8]);
+        body.extend_from_slice(b"{\"session_id\":\"s\"}\n");
+        assert_eq!(scan_prelude(&body), Prelude::Ends(prelude.len() + 8));
+        assert_eq!(scan_prelude(&body[..10]), Prelude::Undecided);
+        assert_eq!(scan_prelude(b""), Prelude::Undecided);
+        assert_eq!(scan_prelude(b"{\"session_id\":\"s\"}\n{"), Prelude::Absent);
+        assert_eq!(scan_prelude(b"plain\n"), Prelude::Absent);
     }
 
     #[test]
