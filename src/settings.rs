@@ -332,7 +332,7 @@ pub struct Settings {
     )]
     pub plugin_lambda_python_runtime: String,
 
-    /// Folder holding the plugin-runner bootstrap per architecture (`<dir>/x86_64/plugin-runner`, `<dir>/arm64/plugin-runner`).
+    /// Folder holding the plugin-runner bootstrap per architecture (`<dir>/x86_64/plugin-runner`, `<dir>/arm64/plugin-runner`). Unset: the `plugin-runner` next to the plugind executable, for this machine's architecture only.
     #[arg(
         long,
         env = "PLUGIN_LAMBDA_BOOTSTRAP_DIR",
