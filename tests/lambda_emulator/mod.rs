@@ -188,6 +188,10 @@ impl LambdaEmulator {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        // Small stream chunks go out at once, as on AWS's front end.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let app = axum::Router::new()
             .fallback(front)
             .with_state(shared.clone())
@@ -885,6 +889,9 @@ async fn start_env(
         .await
         .map_err(|e| e.to_string())?;
     let runtime_api = listener.local_addr().unwrap().to_string();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = axum::Router::new()
         .fallback(runtime_route)
         .with_state(api.clone());
