@@ -93,31 +93,20 @@ pub struct BuildArgs {
 impl BuildArgs {
     /// The packager with these settings, reporting to `bar`.
     fn builder(&self, s3_prefix: &str, bar: &ProgressBar) -> PackagerBuilder {
-        let search_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
         let uv_cache_dir = self.uv_cache_dir.clone().unwrap_or_else(|| {
             std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir)
                 .join(".cache/plugind/uv")
         });
-        let env = PythonEnvConfig {
-            uv_path: self.uv_path.clone(),
-            python_interpreter_path: None,
-            pip_mirror_url: self.pip_mirror_url.clone().filter(|u| !u.is_empty()),
-            pip_extra_args: self
-                .pip_extra_args
-                .as_deref()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
+        let env = PythonEnvConfig::new(
+            self.uv_path.clone(),
+            None,
+            self.pip_mirror_url.as_deref(),
+            self.pip_extra_args.as_deref(),
             uv_cache_dir,
-            init_timeout: Duration::from_secs(600),
-            search_path,
-            pyenv_root: None,
-        };
+            Duration::from_secs(600),
+        );
         let bar = bar.clone();
         PackagerBuilder::new(env, self.bootstrap_dir.clone(), s3_prefix.to_owned())
             .with_progress(Arc::new(move |event| show(&bar, event)))

@@ -160,6 +160,18 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Starts the `slow` tool: `count` chunks, `delay` seconds apart.
+    async fn slow(&self, plugin_id: &str, count: u32, delay: f64) -> reqwest::Response {
+        let body = json!({
+            "user_id": "u1", "conversation_id": null, "message_id": null, "app_id": null,
+            "endpoint_id": null, "context": {},
+            "data": tool_data("slow", json!({"count": count, "delay": delay})),
+        });
+        dispatch_common::post_dispatch(self.app(), "tool/invoke", Some(plugin_id), &body).await
+    }
+}
+
 fn texts(data: &[Value]) -> Vec<String> {
     data.iter()
         .filter_map(|d| d["message"]["text"].as_str().map(str::to_owned))
@@ -205,13 +217,7 @@ async fn plugins_run_as_lambda_functions_end_to_end() {
 
     // Chunks stream: the first reaches the caller while the plugin is
     // still sleeping before the last.
-    let body = json!({
-        "user_id": "u1", "conversation_id": null, "message_id": null, "app_id": null,
-        "endpoint_id": null, "context": {},
-        "data": tool_data("slow", json!({"count": 3, "delay": 0.5})),
-    });
-    let response =
-        dispatch_common::post_dispatch(s.app(), "tool/invoke", Some(&plugin_id), &body).await;
+    let response = s.slow(&plugin_id, 3, 0.5).await;
     let mut stream = response.bytes_stream();
     let mut arrivals = Vec::new();
     let mut text = String::new();
@@ -256,13 +262,7 @@ async fn plugins_run_as_lambda_functions_end_to_end() {
     // error for that caller, and the next call starts a fresh child.
     let pids = s.emulator.plugin_pids();
     assert!(!pids.is_empty(), "a warm plugin process runs");
-    let body = json!({
-        "user_id": "u1", "conversation_id": null, "message_id": null, "app_id": null,
-        "endpoint_id": null, "context": {},
-        "data": tool_data("slow", json!({"count": 20, "delay": 0.2})),
-    });
-    let response =
-        dispatch_common::post_dispatch(s.app(), "tool/invoke", Some(&plugin_id), &body).await;
+    let response = s.slow(&plugin_id, 20, 0.2).await;
     let mut stream = response.bytes_stream();
     let mut text = String::new();
     let mut killed = false;

@@ -129,6 +129,27 @@ pub struct PythonEnvConfig {
 impl PythonEnvConfig {
     /// From the settings, plus PATH, PYENV_ROOT and HOME of this process.
     pub fn from_settings(settings: &Settings) -> Self {
+        Self::new(
+            settings.uv_path.clone(),
+            settings.python_interpreter_path.clone(),
+            settings.pip_mirror_url.as_deref(),
+            settings.pip_extra_args.as_deref(),
+            settings.uv_cache_path(),
+            Duration::from_secs(settings.python_env_init_timeout),
+        )
+    }
+
+    /// From explicit values (an empty mirror URL counts as none; extra
+    /// arguments are split on whitespace), plus PATH, PYENV_ROOT and HOME
+    /// of this process.
+    pub fn new(
+        uv_path: Option<PathBuf>,
+        python_interpreter_path: Option<PathBuf>,
+        pip_mirror_url: Option<&str>,
+        pip_extra_args: Option<&str>,
+        uv_cache_dir: PathBuf,
+        init_timeout: Duration,
+    ) -> Self {
         let search_path = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
@@ -136,18 +157,16 @@ impl PythonEnvConfig {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
         Self {
-            uv_path: settings.uv_path.clone(),
-            python_interpreter_path: settings.python_interpreter_path.clone(),
-            pip_mirror_url: settings.pip_mirror_url.clone().filter(|s| !s.is_empty()),
-            pip_extra_args: settings
-                .pip_extra_args
-                .as_deref()
+            uv_path,
+            python_interpreter_path,
+            pip_mirror_url: pip_mirror_url.filter(|s| !s.is_empty()).map(str::to_owned),
+            pip_extra_args: pip_extra_args
                 .unwrap_or("")
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
-            uv_cache_dir: settings.uv_cache_path(),
-            init_timeout: Duration::from_secs(settings.python_env_init_timeout),
+            uv_cache_dir,
+            init_timeout,
             search_path,
             pyenv_root,
         }
