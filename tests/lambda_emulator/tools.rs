@@ -86,92 +86,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A moto server (S3, IAM and the Lambda control plane) on a loopback port,
-/// stopped when dropped.
-pub struct Moto {
-    /// `http://127.0.0.1:<port>`.
-    pub url: String,
-    child: tokio::process::Child,
-}
-
-impl Moto {
-    /// Starts moto and waits until it answers.
-    pub async fn start() -> Moto {
-        let python = tool_var("TOOLS_PYTHON");
-        let port = free_port();
-        let child = tokio::process::Command::new(python)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto starts");
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        for _ in 0..300 {
-            if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
-                return Moto { url, child };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("moto did not start on {url}");
-    }
-
-    /// Creates an IAM role Lambda may assume (moto checks the role of
-    /// CreateFunction) and returns its ARN.
-    pub async fn create_role(&self, name: &str) -> String {
-        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-        let body = reqwest::Client::new()
-            .post(&self.url)
-            .header(
-                "Authorization",
-                "AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
-            )
-            .form(&[
-                ("Action", "CreateRole"),
-                ("Version", "2010-05-08"),
-                ("RoleName", name),
-                ("AssumeRolePolicyDocument", policy),
-            ])
-            .send()
-            .await
-            .expect("moto IAM answers")
-            .text()
-            .await
-            .unwrap();
-        let start = body.find("<Arn>").expect("CreateRole answer has an Arn") + 5;
-        let end = body[start..].find("</Arn>").unwrap() + start;
-        body[start..end].to_owned()
-    }
-
-    /// An S3 client for this server (path-style, static test credentials).
-    pub fn s3(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_s3::config::Region::new(super::REGION))
-            .endpoint_url(&self.url)
-            .force_path_style(true)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
+#[path = "../moto/mod.rs"]
+mod moto;
+pub use moto::Moto;
 
 /// Pids of the children of `pid` (from /proc, every thread's list).
 pub fn child_pids(pid: u32) -> Vec<u32> {

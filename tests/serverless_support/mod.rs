@@ -4,8 +4,6 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::process::Stdio;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,127 +15,47 @@ pub const REGION: &str = "us-east-1";
 pub const BUCKET: &str = "plugind-test";
 pub const ROLE_NAME: &str = "plugind-plugin";
 
-/// The tools venv's Python (scripts/setup-python.sh), which has moto.
-pub fn tools_python() -> String {
-    // scripts/test.sh exports it; asking setup-python.sh from many tests at
-    // once races with its rewrite of the env file.
-    if let Ok(python) = std::env::var("TOOLS_PYTHON") {
-        if !python.is_empty() {
-            return python;
-        }
-    }
-    let env = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/setup-python.sh"
-        ))
-        .arg("--print-env-file")
-        .stderr(Stdio::null())
-        .output()
-        .expect("scripts/setup-python.sh runs");
-    let file = String::from_utf8(env.stdout).unwrap();
-    let text = std::fs::read_to_string(file.trim()).expect("the tools env file");
-    text.lines()
-        .find_map(|l| l.strip_prefix("export TOOLS_PYTHON="))
-        .map(|v| v.trim_matches('"').to_owned())
-        .expect("TOOLS_PYTHON in the tools env file")
-}
+#[path = "../moto/mod.rs"]
+mod moto;
 
-/// A moto server child, killed on drop.
+/// A moto server with the test bucket and the plugin execution role.
 pub struct Moto {
+    server: moto::Moto,
     pub endpoint: String,
     pub role_arn: String,
-    child: tokio::process::Child,
 }
 
 impl Moto {
-    /// Starts moto on a free port, waits until it answers, then creates the
-    /// test bucket and the plugin execution role.
+    /// Starts moto, then creates the test bucket and the plugin execution
+    /// role.
     pub async fn start() -> Self {
-        let python = tools_python();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let child = tokio::process::Command::new(&python)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto server starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        let mut up = false;
-        for _ in 0..1200 {
-            if client
-                .get(format!("{endpoint}/moto-api/"))
-                .send()
-                .await
-                .is_ok()
-            {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(up, "moto server did not start on {endpoint}");
-        let script = format!(
-            r#"
-import boto3, json
-kw = dict(endpoint_url="{endpoint}", region_name="{REGION}", aws_access_key_id="testing", aws_secret_access_key="testing")
-boto3.client("s3", **kw).create_bucket(Bucket="{BUCKET}")
-role = boto3.client("iam", **kw).create_role(RoleName="{ROLE_NAME}", AssumeRolePolicyDocument=json.dumps({{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Principal": {{"Service": "lambda.amazonaws.com"}}, "Action": "sts:AssumeRole"}}]}}))
-print(role["Role"]["Arn"])
-"#
-        );
-        let out = tokio::process::Command::new(&python)
-            .args(["-c", &script])
-            .output()
+        let server = moto::Moto::start().await;
+        server
+            .s3()
+            .create_bucket()
+            .bucket(BUCKET)
+            .send()
             .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let role_arn = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            .expect("CreateBucket");
+        let role_arn = server.create_role(ROLE_NAME).await;
         Self {
-            endpoint,
+            endpoint: server.url.clone(),
             role_arn,
-            child,
+            server,
         }
     }
 
     /// SDK configuration with test credentials, pointed at moto.
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-                aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test"),
-            ))
-            .build()
+        self.server.sdk_config()
     }
 
     pub fn s3(&self) -> aws_sdk_s3::Client {
-        aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&self.sdk_config())
-                .force_path_style(true)
-                .build(),
-        )
+        self.server.s3()
     }
 
     pub fn lambda(&self) -> aws_sdk_lambda::Client {
-        aws_sdk_lambda::Client::new(&self.sdk_config())
+        self.server.lambda()
     }
 
     pub fn clients(&self) -> AwsClients {
