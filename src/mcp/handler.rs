@@ -12,13 +12,14 @@ use futures::StreamExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, DiscoverResult, Implementation,
     InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig,
+    ProgressNotificationParam, ProgressToken, ServerConfig,
 };
 use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 
 use super::content::{error_result, Collector};
+use super::logging::{self, Logger, Note, SessionLevel};
 use super::records::{McpServer, McpStore, ToolSelection};
 use super::schema::{self, Entry, Target};
 use super::{apps, McpError, PluginInvoker, ToolCall};
@@ -144,36 +145,46 @@ impl Core {
     }
 }
 
-/// Sends `notifications/progress` for one call when the client asked for it.
-pub struct Progress {
+/// Reports a running call to its client: `notifications/progress` when
+/// the request carried a progress token, one step per chunk or event, and
+/// `notifications/message` as [`logging`] decides.
+pub struct Reporter {
     peer: Peer<RoleServer>,
     token: Option<ProgressToken>,
     count: u32,
+    logger: Logger,
 }
 
-impl Progress {
-    /// Progress for a request whose `_meta` may carry a progress token.
-    pub fn new(peer: Peer<RoleServer>, token: Option<ProgressToken>) -> Self {
+impl Reporter {
+    /// The reporter of one call of the tool `tool`.
+    pub fn new(context: &RequestContext<RoleServer>, level: &SessionLevel, tool: &str) -> Self {
         Self {
-            peer,
-            token,
+            peer: context.peer.clone(),
+            token: context.meta.get_progress_token(),
             count: 0,
+            logger: Logger::new(
+                context.peer.clone(),
+                logging::threshold(context, level),
+                tool.to_owned(),
+            ),
         }
     }
 
-    /// One more step, with an optional message. A client that went away
-    /// does not fail the call.
-    pub async fn step(&mut self, message: Option<String>) {
-        let Some(token) = &self.token else {
-            return;
-        };
-        self.count += 1;
-        let mut p = ProgressNotificationParam::new(token.clone(), f64::from(self.count));
-        if let Some(m) = message {
-            p = p.with_message(m);
+    /// One more step, with what it is worth reporting. A client that went
+    /// away does not fail the call.
+    pub async fn step(&mut self, note: Option<Note>) {
+        if let Some(token) = &self.token {
+            self.count += 1;
+            let mut p = ProgressNotificationParam::new(token.clone(), f64::from(self.count));
+            if let Some(n) = &note {
+                p = p.with_message(n.message.clone());
+            }
+            if let Err(e) = self.peer.notify_progress(p).await {
+                tracing::debug!(error = %e, "progress notification not delivered");
+            }
         }
-        if let Err(e) = self.peer.notify_progress(p).await {
-            tracing::debug!(error = %e, "progress notification not delivered");
+        if let Some(n) = note {
+            self.logger.log(n.level, n.data).await;
         }
     }
 }
@@ -184,6 +195,7 @@ impl Progress {
 pub struct McpHandler {
     core: Arc<Core>,
     server_id: String,
+    log_level: SessionLevel,
 }
 
 fn internal(e: impl std::fmt::Display) -> ErrorData {
@@ -192,7 +204,11 @@ fn internal(e: impl std::fmt::Display) -> ErrorData {
 
 impl McpHandler {
     pub fn new(core: Arc<Core>, server_id: String) -> Self {
-        Self { core, server_id }
+        Self {
+            core,
+            server_id,
+            log_level: SessionLevel::default(),
+        }
     }
 
     async fn server(&self) -> Result<McpServer, ErrorData> {
@@ -248,7 +264,7 @@ impl McpHandler {
             user_id: server.user_id.clone(),
             payload,
         };
-        let mut progress = Progress::new(context.peer.clone(), context.meta.get_progress_token());
+        let mut reporter = Reporter::new(context, &self.log_level, &entry.tool.name);
         let mut stream = match self.core.invoker.invoke(call).await {
             Ok(s) => s,
             Err(e) => return Ok(error_result(&e)),
@@ -265,11 +281,11 @@ impl McpHandler {
             match item {
                 None => break,
                 Some(Ok(chunk)) => {
-                    let message = collector.push(&chunk);
+                    let note = collector.push(&chunk);
                     if collector.failed() {
                         break;
                     }
-                    progress.step(message).await;
+                    reporter.step(note).await;
                 }
                 Some(Err(e)) => return Ok(error_result(&e)),
             }
@@ -280,7 +296,7 @@ impl McpHandler {
 
 impl ServerHandler for McpHandler {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(logging::capabilities())
             .with_server_info(Implementation::new("plugind", env!("CARGO_PKG_VERSION")))
     }
 
@@ -307,6 +323,18 @@ impl ServerHandler for McpHandler {
             self.supported_protocol_versions().into_owned(),
             self.info_for(&server),
         ))
+    }
+
+    // Deprecated in rmcp with the 2026-07-28 revision, still the handshake
+    // era's way to choose a level (see [`logging`]).
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.log_level.set(request.level.into());
+        Ok(())
     }
 
     async fn list_tools(
@@ -340,15 +368,14 @@ impl ServerHandler for McpHandler {
             let Some(inner) = &self.core.inner else {
                 return Err(internal("Dify's inner API is not configured"));
             };
-            let mut progress =
-                Progress::new(context.peer.clone(), context.meta.get_progress_token());
+            let mut reporter = Reporter::new(&context, &self.log_level, name);
             let run = apps::run(
                 inner,
                 &server.tenant_id,
                 &server.user_id,
                 &app,
                 args,
-                &mut progress,
+                &mut reporter,
             );
             return tokio::select! {
                 _ = context.ct.cancelled() => Err(ErrorData::internal_error("request cancelled", None)),
