@@ -2,11 +2,15 @@
 //! runs them, plugin tools through the plugin invocation path and Dify apps
 //! through the inner API.
 //!
-//! The record is read on every request, so edits and deletions take effect
-//! at once, even for open sessions.
+//! Each request reads the server's [`Stamp`] (with the token check, in one
+//! query); what the gateway built for the server (record, opened
+//! credentials, plugin tools with their schemas) is kept in a [`Snapshot`]
+//! and rebuilt only when the stamp moves. Edits, deletions, installs,
+//! uninstalls and upgrades so take effect at once, even for open sessions,
+//! while a call costs one store query.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use rmcp::model::{
@@ -20,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 use super::content::{error_result, Collector};
 use super::logging::{self, Logger, Note, SessionLevel};
-use super::records::{McpServer, McpStore, ToolSelection};
+use super::records::{Credentials, McpServer, McpStore, Stamp, ToolSelection};
 use super::schema::{self, Entry, Target};
 use super::{apps, McpError, PluginInvoker, ToolCall};
 use crate::app_state::AppState;
@@ -30,6 +34,17 @@ use crate::store::ProviderCategory;
 /// Providers read per page when listing a tenant's tools.
 const PROVIDER_PAGE: i64 = 256;
 
+/// What one server's requests need, valid while its [`Stamp`] holds.
+pub struct Snapshot {
+    pub stamp: Stamp,
+    pub server: McpServer,
+    /// The opened provider credentials; `None` when they do not open (the
+    /// calls that need them then fail, the listing does not).
+    pub credentials: Option<Credentials>,
+    /// The plugin tools the server exposes, schemas built.
+    pub plugin_entries: Vec<Entry>,
+}
+
 /// What every server's handler shares.
 pub struct Core {
     pub state: AppState,
@@ -37,9 +52,90 @@ pub struct Core {
     pub invoker: Arc<dyn PluginInvoker>,
     /// Dify's inner API, for app tools; `None` if it cannot be configured.
     pub inner: Option<InnerApiClient>,
+    /// The latest snapshot of each server in use; entries go when the
+    /// server is deleted through the API (a stale one is only replaced).
+    pub snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
 }
 
 impl Core {
+    /// A gateway core with no snapshots yet.
+    pub fn new(
+        state: AppState,
+        records: McpStore,
+        invoker: Arc<dyn PluginInvoker>,
+        inner: Option<InnerApiClient>,
+    ) -> Self {
+        Self {
+            state,
+            records,
+            invoker,
+            inner,
+            snapshots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The server's snapshot for `stamp` (read here when `None`), rebuilt
+    /// if the kept one is older; `None` when the server does not exist.
+    pub async fn snapshot(
+        &self,
+        server_id: &str,
+        stamp: Option<Stamp>,
+    ) -> Result<Option<Arc<Snapshot>>, McpError> {
+        let stamp = match stamp {
+            Some(s) => s,
+            None => match self.records.stamp(server_id).await? {
+                Some(s) => s,
+                None => {
+                    self.forget(server_id);
+                    return Ok(None);
+                }
+            },
+        };
+        let kept = self
+            .snapshots
+            .lock()
+            .expect("snapshots lock")
+            .get(server_id)
+            .filter(|s| s.stamp == stamp)
+            .cloned();
+        if kept.is_some() {
+            return Ok(kept);
+        }
+        // Built from reads made after the stamp's: if something changes
+        // meanwhile, the next request's stamp differs and rebuilds.
+        let Some(server) = self.records.get_by_id(server_id).await? else {
+            self.forget(server_id);
+            return Ok(None);
+        };
+        let credentials = match self.records.credentials(&server) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(server = %server.id, error = %e, "cannot open stored credentials");
+                None
+            }
+        };
+        let plugin_entries = self.plugin_entries(&server).await?;
+        let snapshot = Arc::new(Snapshot {
+            stamp,
+            server,
+            credentials,
+            plugin_entries,
+        });
+        self.snapshots
+            .lock()
+            .expect("snapshots lock")
+            .insert(server_id.to_owned(), snapshot.clone());
+        Ok(Some(snapshot))
+    }
+
+    /// Drops a server's snapshot.
+    pub fn forget(&self, server_id: &str) {
+        self.snapshots
+            .lock()
+            .expect("snapshots lock")
+            .remove(server_id);
+    }
+
     /// The plugin tools `server` exposes.
     pub async fn plugin_entries(&self, server: &McpServer) -> Result<Vec<Entry>, McpError> {
         let list = match &server.config.tools {
@@ -211,10 +307,19 @@ impl McpHandler {
         }
     }
 
-    async fn server(&self) -> Result<McpServer, ErrorData> {
+    /// The server's snapshot, with the stamp the gateway read along with
+    /// the token check when the request came over HTTP.
+    async fn snapshot(
+        &self,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Arc<Snapshot>, ErrorData> {
+        let stamp = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Stamp>())
+            .copied();
         self.core
-            .records
-            .get_by_id(&self.server_id)
+            .snapshot(&self.server_id, stamp)
             .await
             .map_err(internal)?
             .ok_or_else(|| ErrorData::invalid_request("this MCP server no longer exists", None))
@@ -233,7 +338,7 @@ impl McpHandler {
 
     async fn call_plugin(
         &self,
-        server: &McpServer,
+        snapshot: &Snapshot,
         entry: Entry,
         args: Map<String, Value>,
         context: &RequestContext<RoleServer>,
@@ -248,7 +353,11 @@ impl McpHandler {
         };
         let mut params = args;
         params.extend(entry.fixed);
-        let credentials = self.core.records.credentials(server).map_err(internal)?;
+        let server = &snapshot.server;
+        let credentials = snapshot
+            .credentials
+            .as_ref()
+            .ok_or_else(|| internal(McpError::Unseal))?;
         let mut payload = Map::new();
         payload.insert("provider".into(), json!(provider));
         payload.insert("tool".into(), json!(tool));
@@ -306,22 +415,22 @@ impl ServerHandler for McpHandler {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        let server = self.server().await?;
+        let snapshot = self.snapshot(&context).await?;
         let negotiated = self.negotiate_initialize(&request)?;
         let info = self
-            .info_for(&server)
+            .info_for(&snapshot.server)
             .with_protocol_version(negotiated.protocol_version);
         Ok(info)
     }
 
     async fn discover(
         &self,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<DiscoverResult, ErrorData> {
-        let server = self.server().await?;
+        let snapshot = self.snapshot(&context).await?;
         Ok(DiscoverResult::from_server_info(
             self.supported_protocol_versions().into_owned(),
-            self.info_for(&server),
+            self.info_for(&snapshot.server),
         ))
     }
 
@@ -340,14 +449,22 @@ impl ServerHandler for McpHandler {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let server = self.server().await?;
-        let mut entries = self.core.plugin_entries(&server).await.map_err(internal)?;
-        entries.extend(self.core.app_entries(&server).await);
-        Ok(ListToolsResult::with_all_items(
-            entries.into_iter().map(|e| e.tool).collect(),
-        ))
+        let snapshot = self.snapshot(&context).await?;
+        let mut tools: Vec<_> = snapshot
+            .plugin_entries
+            .iter()
+            .map(|e| e.tool.clone())
+            .collect();
+        tools.extend(
+            self.core
+                .app_entries(&snapshot.server)
+                .await
+                .into_iter()
+                .map(|e| e.tool),
+        );
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(
@@ -355,7 +472,8 @@ impl ServerHandler for McpHandler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let server = self.server().await?;
+        let snapshot = self.snapshot(&context).await?;
+        let server = &snapshot.server;
         let args = request.arguments.clone().unwrap_or_default();
         let name = request.name.as_ref();
         if let Some(app) = server
@@ -382,16 +500,14 @@ impl ServerHandler for McpHandler {
                 result = run => Ok(result.into()),
             };
         }
-        let entry = self
-            .core
-            .plugin_entries(&server)
-            .await
-            .map_err(internal)?
-            .into_iter()
+        let entry = snapshot
+            .plugin_entries
+            .iter()
             .find(|e| e.tool.name == name)
+            .cloned()
             .ok_or_else(|| ErrorData::invalid_params(format!("unknown tool: {name}"), None))?;
         Ok(self
-            .call_plugin(&server, entry, args, &context)
+            .call_plugin(&snapshot, entry, args, &context)
             .await?
             .into())
     }
