@@ -97,6 +97,12 @@ impl Fixture {
 
 /// The echo_tool fixture folder as a package.
 fn echo_tool_package() -> Vec<u8> {
+    echo_tool_package_with(|_, data| data)
+}
+
+/// The echo_tool fixture as a package, each file passed through `edit`
+/// (given its path in the package).
+fn echo_tool_package_with(edit: impl Fn(&str, Vec<u8>) -> Vec<u8>) -> Vec<u8> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/echo_tool");
     let mut files = Vec::new();
     let mut stack = vec![root.clone()];
@@ -109,7 +115,8 @@ fn echo_tool_package() -> Vec<u8> {
                 }
             } else {
                 let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned();
-                files.push((rel, std::fs::read(&p).unwrap()));
+                let data = edit(&rel, std::fs::read(&p).unwrap());
+                files.push((rel, data));
             }
         }
     }
@@ -519,4 +526,140 @@ async fn python_client_in_both_eras_gets_results_and_progress() {
         assert_eq!(steps, [1.0, 2.0, 3.0], "{mode}: {slow}");
         assert_eq!(out["calls"][2]["result"]["isError"], true, "{mode}");
     }
+}
+
+async fn tool_names(client: &rmcp::service::RunningService<rmcp::RoleClient, ()>) -> Vec<String> {
+    let mut names: Vec<_> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// What the gateway keeps between calls is refreshed when the record, its
+/// credentials or the tenant's plugins change, even inside an open session.
+#[tokio::test]
+async fn open_sessions_see_record_edits_installs_uninstalls_and_upgrades() {
+    let f = start(&[]).await;
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(f.mcp_url()).auth_header(f.token.clone()),
+    );
+    let client = ().serve(transport).await.unwrap();
+    assert_eq!(tool_names(&client).await.len(), 5);
+    let echo = |name: &'static str| {
+        CallToolRequestParams::new(name)
+            .with_arguments(json!({"text": "hi"}).as_object().unwrap().clone())
+    };
+    client.call_tool(echo("echo_tool__echo")).await.unwrap();
+
+    // A record edit: one tool under another name, new credentials.
+    let updated: Value = f
+        .app
+        .client
+        .post(f.api(&format!("/{}/update", f.server_id)))
+        .header("X-Api-Key", KEY)
+        .json(&json!({
+            "tools": [{"provider": "echo_tool", "tool": "echo", "name": "say"}],
+            "credentials": {"echo_tool": {"api_key": "rotated"}}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["code"], 0, "{updated}");
+    assert_eq!(tool_names(&client).await, ["say"]);
+    let err = client.call_tool(echo("echo_tool__echo")).await.unwrap_err();
+    assert!(err.to_string().contains("unknown tool"), "{err}");
+    client.call_tool(echo("say")).await.unwrap();
+    let last = f.invoker.calls.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.payload["credentials"], json!({"api_key": "rotated"}));
+    assert_eq!(last.payload["tool"], "echo");
+
+    // Back to every tool, then the plugin goes away and comes back.
+    let back: Value = f
+        .app
+        .client
+        .post(f.api(&format!("/{}/update", f.server_id)))
+        .header("X-Api-Key", KEY)
+        .json(&json!({"tools": "all"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(back["code"], 0, "{back}");
+    assert_eq!(tool_names(&client).await.len(), 5);
+    let (_, list) = f
+        .app
+        .get("list", &[("page", "1"), ("page_size", "10")])
+        .await;
+    let installation = list["data"]["list"][0]["id"].as_str().unwrap().to_owned();
+    let old = list["data"]["list"][0]["plugin_unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, un) = f
+        .app
+        .post("uninstall", json!({"plugin_installation_id": installation}))
+        .await;
+    assert_eq!(un["data"], true, "{un}");
+    assert!(tool_names(&client).await.is_empty());
+    let err = client.call_tool(echo("echo_tool__echo")).await.unwrap_err();
+    assert!(err.to_string().contains("unknown tool"), "{err}");
+    let (_, task) = f.app.install(echo_tool_package()).await;
+    assert_eq!(task["status"], "success", "{task}");
+    assert_eq!(tool_names(&client).await.len(), 5);
+
+    // An upgrade to a version without the blob tool.
+    let v2 = echo_tool_package_with(|path, data| {
+        let text = String::from_utf8(data.clone()).unwrap_or_default();
+        match path {
+            "manifest.yaml" => text
+                .replace("version: 0.0.1", "version: 0.0.2")
+                .into_bytes(),
+            "provider/echo_tool.yaml" => text.replace("  - tools/blob.yaml\n", "").into_bytes(),
+            _ => data,
+        }
+    });
+    let (_, up) = f.app.upload(v2, false).await;
+    let new = up["data"]["unique_identifier"].as_str().unwrap().to_owned();
+    let (_, list) = f
+        .app
+        .get("list", &[("page", "1"), ("page_size", "10")])
+        .await;
+    let current = list["data"]["list"][0]["plugin_unique_identifier"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(current, old);
+    let (_, started) = f
+        .app
+        .post(
+            "install/upgrade",
+            json!({"original_plugin_unique_identifier": current,
+                "new_plugin_unique_identifier": new, "source": "package"}),
+        )
+        .await;
+    let task = f
+        .app
+        .wait_task(started["data"]["task_id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "success", "{task}");
+    assert_eq!(
+        tool_names(&client).await,
+        [
+            "echo_tool__echo",
+            "echo_tool__fail",
+            "echo_tool__json",
+            "echo_tool__slow"
+        ]
+    );
+    client.cancel().await.unwrap();
 }

@@ -6,7 +6,8 @@
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{json, Map, Value};
 
-use super::handler::Progress;
+use super::handler::Reporter;
+use super::logging::{Level, Note};
 use super::records::AppRef;
 use crate::backwards::{InnerApiClient, InnerApiError};
 
@@ -37,8 +38,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Takes one streamed (or blocking) event; returns a progress message.
-    fn push(&mut self, event: &Value) -> Option<String> {
+    /// Takes one streamed (or blocking) event; returns what is worth
+    /// reporting: node events log at `info`, failed nodes at `error`.
+    fn push(&mut self, event: &Value) -> Option<Note> {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         let data = event.get("data").unwrap_or(&Value::Null);
         let title = || {
@@ -48,16 +50,38 @@ impl Outcome {
                 .unwrap_or("node")
                 .to_owned()
         };
+        let node = |status: &str| {
+            let mut extra = Map::new();
+            extra.insert("node".into(), Value::String(title()));
+            if let Some(t) = data.get("node_type").filter(|t| t.is_string()) {
+                extra.insert("node_type".into(), t.clone());
+            }
+            extra.insert("status".into(), Value::String(status.to_owned()));
+            if let Some(e) = data
+                .get("error")
+                .filter(|e| e.as_str().is_some_and(|e| !e.is_empty()))
+            {
+                extra.insert("error".into(), e.clone());
+            }
+            let level = if matches!(status, "failed" | "exception") {
+                Level::Error
+            } else {
+                Level::Info
+            };
+            Note::new(level, format!("{} {status}", title()), extra)
+        };
         match kind {
-            "node_started" => Some(format!("{} started", title())),
-            "node_finished" => Some(format!(
-                "{} {}",
-                title(),
+            "node_started" => Some(node("started")),
+            "node_finished" => Some(node(
                 data.get("status")
                     .and_then(Value::as_str)
-                    .unwrap_or("finished")
+                    .unwrap_or("finished"),
             )),
-            "workflow_started" => Some("workflow started".to_owned()),
+            "workflow_started" => Some(Note::new(
+                Level::Info,
+                "workflow started".to_owned(),
+                Map::new(),
+            )),
             "message" | "agent_message" => {
                 if let Some(a) = event.get("answer").and_then(Value::as_str) {
                     self.answer.push_str(a);
@@ -120,7 +144,7 @@ pub async fn run(
     user_id: &str,
     app: &AppRef,
     mut args: Map<String, Value>,
-    progress: &mut Progress,
+    reporter: &mut Reporter,
 ) -> CallToolResult {
     let query = if app.is_chat() {
         match args.remove("query") {
@@ -149,8 +173,8 @@ pub async fn run(
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
-                let message = outcome.push(&event);
-                progress.step(message).await;
+                let note = outcome.push(&event);
+                reporter.step(note).await;
             }
             Err(e) => {
                 outcome.error = Some(e.to_string());
@@ -177,11 +201,20 @@ mod tests {
     #[test]
     fn workflow_outputs_are_structured() {
         let mut o = Outcome::default();
+        let n = o
+            .push(&json!({"event": "node_started", "data": {"title": "LLM", "node_type": "llm"}}))
+            .unwrap();
+        assert_eq!(n.message, "LLM started");
+        assert_eq!(n.level, Level::Info);
         assert_eq!(
-            o.push(&json!({"event": "node_started", "data": {"title": "LLM"}}))
-                .as_deref(),
-            Some("LLM started")
+            n.data,
+            json!({"message": "LLM started", "node": "LLM", "node_type": "llm", "status": "started"})
         );
+        let n = o
+            .push(&json!({"event": "node_finished", "data": {"title": "HTTP", "status": "failed", "error": "502"}}))
+            .unwrap();
+        assert_eq!(n.level, Level::Error);
+        assert_eq!(n.data["error"], "502");
         o.push(&json!({"event": "workflow_finished", "data": {"status": "succeeded", "outputs": {"text": "hi"}}}));
         let r = serde_json::to_value(o.finish(&app("workflow"))).unwrap();
         assert_eq!(r["structuredContent"], json!({"text": "hi"}));

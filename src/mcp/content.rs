@@ -7,7 +7,7 @@
 //! | `variable` | a key of structuredContent (streamed values appended) |
 //! | `image`, `image_link`, `link`, `binary_link`, `file` with a URL | resource link |
 //! | `blob`, `blob_chunk`s | image/audio content, else an embedded resource with the MIME type (text for text types) |
-//! | `log` | progress message only |
+//! | `log` | progress message and `notifications/message` ([`super::logging`]) |
 //!
 //! A plugin error ends the call as an `isError` result carrying the
 //! plugin's message.
@@ -19,6 +19,7 @@ use base64::Engine;
 use rmcp::model::{CallToolResult, ContentBlock, Resource, ResourceContents};
 use serde_json::{Map, Value};
 
+use super::logging::{Level, Note};
 use crate::error::DaemonError;
 
 /// Largest file a tool may stream back through `blob_chunk`s.
@@ -49,6 +50,41 @@ fn is_textual(mime: &str) -> bool {
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// A plugin `log` chunk (`{label, status, data, error, …}`) as a note: the
+/// `error` status logs at `error`, `start` and `success` at `info`.
+fn log_note(message: &Value) -> Note {
+    let label = str_at(message, "/label").unwrap_or("log");
+    let status = str_at(message, "/status").unwrap_or("");
+    let text = format!("{label}: {status}")
+        .trim_end_matches([':', ' '])
+        .to_owned();
+    let level = if status == "error" {
+        Level::Error
+    } else {
+        Level::Info
+    };
+    // The record is headed by the log's own label, not the progress text.
+    let mut data = Map::new();
+    data.insert("message".into(), Value::String(label.to_owned()));
+    if !status.is_empty() {
+        data.insert("status".into(), Value::String(status.to_owned()));
+    }
+    if let Some(d) = message.get("data").filter(|d| match d {
+        Value::Object(m) => !m.is_empty(),
+        other => !other.is_null(),
+    }) {
+        data.insert("data".into(), d.clone());
+    }
+    if let Some(error) = str_at(message, "/error").filter(|e| !e.is_empty()) {
+        data.insert("error".into(), Value::String(error.to_owned()));
+    }
+    Note {
+        message: text,
+        level,
+        data: Value::Object(data),
+    }
 }
 
 impl Collector {
@@ -106,8 +142,8 @@ impl Collector {
             .push(ContentBlock::resource(contents.with_mime_type(mime)));
     }
 
-    /// Takes one chunk; returns a progress message worth showing, if any.
-    pub fn push(&mut self, chunk: &Value) -> Option<String> {
+    /// Takes one chunk; returns what is worth reporting, if anything.
+    pub fn push(&mut self, chunk: &Value) -> Option<Note> {
         let kind = chunk.get("type").and_then(Value::as_str).unwrap_or("");
         let message = chunk.get("message").unwrap_or(&Value::Null);
         let meta = chunk.get("meta").unwrap_or(&Value::Null);
@@ -183,15 +219,7 @@ impl Collector {
                 }
                 None
             }
-            "log" => {
-                let label = str_at(message, "/label").unwrap_or("log");
-                let status = str_at(message, "/status").unwrap_or("");
-                Some(
-                    format!("{label}: {status}")
-                        .trim_end_matches([':', ' '])
-                        .to_owned(),
-                )
-            }
+            "log" => Some(log_note(message)),
             _ => None,
         }
     }
@@ -367,10 +395,29 @@ mod tests {
     }
 
     #[test]
-    fn logs_are_progress_messages() {
+    fn logs_are_progress_messages_and_log_records() {
         let mut c = Collector::new();
-        let m = c.push(&json!({"type": "log", "message": {"label": "step", "status": "start"}}));
-        assert_eq!(m.as_deref(), Some("step: start"));
+        let n = c
+            .push(&json!({"type": "log", "message": {"label": "step", "status": "start", "data": {}}}))
+            .unwrap();
+        assert_eq!(n.message, "step: start");
+        assert_eq!(n.level, Level::Info);
+        assert_eq!(n.data, json!({"message": "step", "status": "start"}));
+        let n = c
+            .push(
+                &json!({"type": "log", "message": {"label": "fetch", "status": "error",
+                "error": "timed out", "data": {"url": "https://example.com"}}}),
+            )
+            .unwrap();
+        assert_eq!(n.level, Level::Error);
+        assert_eq!(
+            n.data,
+            json!({"message": "fetch", "status": "error", "error": "timed out",
+                "data": {"url": "https://example.com"}})
+        );
+        assert!(c
+            .push(&json!({"type": "text", "message": {"text": "x"}}))
+            .is_none());
     }
 
     #[test]

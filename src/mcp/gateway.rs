@@ -87,12 +87,7 @@ impl McpGateway {
             config.with_allowed_hosts(hosts)
         };
         Arc::new(Self {
-            core: Arc::new(Core {
-                state,
-                records,
-                invoker,
-                inner,
-            }),
+            core: Arc::new(Core::new(state, records, invoker, inner)),
             services: Mutex::new(HashMap::new()),
             shutdown,
             config,
@@ -131,6 +126,7 @@ impl McpGateway {
         if let Some((_, token)) = removed {
             token.cancel();
         }
+        self.core.forget(server_id);
     }
 
     /// Ends every session (daemon shutdown).
@@ -232,11 +228,15 @@ async fn serve(
     if page::wants_page(req.method(), req.headers()) {
         return server_page(&gw, &server_id, req.headers()).await;
     }
-    let Some(token) = bearer(req.headers()) else {
+    let Some(token) = bearer(req.headers()).map(str::to_owned) else {
         return challenge(&gw, req.headers(), &server_id, false);
     };
-    match gw.core.records.authenticate(&server_id, token).await {
-        Ok(Some(_)) => {}
+    let mut req = req;
+    match gw.core.records.check_access(&server_id, &token).await {
+        // The handler reads the stamp from the request rmcp hands it.
+        Ok(Some(stamp)) => {
+            req.extensions_mut().insert(stamp);
+        }
         Ok(None) => return challenge(&gw, req.headers(), &server_id, true),
         Err(e) => return DaemonError::from(e).into_response(),
     }
@@ -250,7 +250,7 @@ async fn serve(
 /// The page for people. The server id in the URL is what reaches it, as it
 /// is for MCP clients before they show a token; it shows no secrets.
 async fn server_page(gw: &McpGateway, server_id: &str, headers: &HeaderMap) -> Response {
-    let server = match gw.core.records.get_by_id(server_id).await {
+    let snapshot = match gw.core.snapshot(server_id, None).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             return (
@@ -261,12 +261,19 @@ async fn server_page(gw: &McpGateway, server_id: &str, headers: &HeaderMap) -> R
         }
         Err(e) => return DaemonError::from(e).into_response(),
     };
-    let mut entries = match gw.core.plugin_entries(&server).await {
-        Ok(e) => e,
-        Err(e) => return DaemonError::from(e).into_response(),
-    };
-    entries.extend(gw.core.app_entries(&server).await);
-    let tools: Vec<_> = entries.into_iter().map(|e| e.tool).collect();
+    let server = &snapshot.server;
+    let mut tools: Vec<_> = snapshot
+        .plugin_entries
+        .iter()
+        .map(|e| e.tool.clone())
+        .collect();
+    tools.extend(
+        gw.core
+            .app_entries(server)
+            .await
+            .into_iter()
+            .map(|e| e.tool),
+    );
     let url = format!("{}/mcp/{server_id}", gw.base_url(headers));
     let mut response = Html(page::render(
         &server.name,

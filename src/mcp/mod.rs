@@ -5,6 +5,7 @@
 //! - [`seal`]: provider credentials sealed at rest;
 //! - [`schema`]: tool declarations and app forms → MCP tools;
 //! - [`content`]: plugin tool chunks → MCP tool results;
+//! - [`logging`]: `notifications/message` while a tool runs;
 //! - [`apps`]: Dify apps run through the inner API;
 //! - [`handler`]: the rmcp `ServerHandler` of one server;
 //! - [`gateway`]: `/mcp/{server_id}` with bearer auth, Origin and Host checks;
@@ -17,6 +18,7 @@ pub mod content;
 pub mod gateway;
 pub mod handler;
 pub mod invoker;
+pub mod logging;
 pub mod page;
 pub mod records;
 pub mod schema;

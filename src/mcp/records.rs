@@ -20,7 +20,7 @@ use sqlx::Row;
 
 use super::seal::Sealer;
 use super::McpError;
-use crate::store::{Store, StoreError};
+use crate::store::{ProviderCategory, Store, StoreError};
 
 /// Prefix of every access token, so leaked tokens are easy to recognise.
 pub const TOKEN_PREFIX: &str = "pdmcp_";
@@ -204,6 +204,22 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
 }
 
+/// What a server's MCP answers depend on, read in one query per request:
+/// when it is unchanged, what the gateway built for the server still holds.
+///
+/// The record's `updated_at` moves on every edit (name, tools, apps, fixed
+/// values, credentials); the count and newest creation time of the
+/// tenant's tool providers move on every install, uninstall and upgrade,
+/// which delete and re-insert those rows. The stamp is read from the
+/// store, so edits by `plugind mcp` or another daemon on the same database
+/// count too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    server_updated_at: i64,
+    tool_providers: i64,
+    newest_provider: i64,
+}
+
 /// Queries of the MCP tables.
 #[derive(Debug, Clone)]
 pub struct McpStore {
@@ -213,6 +229,11 @@ pub struct McpStore {
 
 const SERVER_COLS: &str =
     "id, created_at, updated_at, tenant_id, name, description, user_id, config, credentials";
+/// The columns of a [`Stamp`], over `mcp_servers s`; `$2` is the tool
+/// provider category.
+const STAMP_COLS: &str = "s.updated_at AS server_updated_at, \
+     (SELECT COUNT(*) FROM provider_installations p WHERE p.tenant_id = s.tenant_id AND p.category = $2) AS tool_providers, \
+     (SELECT MAX(p.created_at) FROM provider_installations p WHERE p.tenant_id = s.tenant_id AND p.category = $2) AS newest_provider";
 const TOKEN_COLS: &str = "id, created_at, server_id, tenant_id, name, hint";
 
 fn now_micros() -> i64 {
@@ -499,6 +520,45 @@ impl McpStore {
         Ok(done.rows_affected() > 0)
     }
 
+    /// The server's [`Stamp`] if `secret` is one of its tokens: the access
+    /// check and the freshness check in one round trip.
+    pub async fn check_access(
+        &self,
+        server_id: &str,
+        secret: &str,
+    ) -> Result<Option<Stamp>, McpError> {
+        let row = sqlx::query(&format!(
+            "SELECT {STAMP_COLS}, \
+             (SELECT COUNT(*) FROM mcp_tokens t WHERE t.server_id = s.id AND t.token_hash = $3) AS granted \
+             FROM mcp_servers s WHERE s.id = $1"
+        ))
+        .bind(server_id)
+        .bind(ProviderCategory::Tool.as_str())
+        .bind(token_hash(secret))
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let granted: i64 = row.try_get("granted")?;
+        if granted == 0 {
+            return Ok(None);
+        }
+        stamp_from_row(&row).map(Some)
+    }
+
+    /// The server's [`Stamp`]; `None` when it does not exist.
+    pub async fn stamp(&self, server_id: &str) -> Result<Option<Stamp>, McpError> {
+        let row = sqlx::query(&format!(
+            "SELECT {STAMP_COLS} FROM mcp_servers s WHERE s.id = $1"
+        ))
+        .bind(server_id)
+        .bind(ProviderCategory::Tool.as_str())
+        .fetch_optional(self.store.pool())
+        .await?;
+        row.as_ref().map(stamp_from_row).transpose()
+    }
+
     /// The token matching `secret` if it grants access to `server_id`.
     pub async fn authenticate(
         &self,
@@ -514,6 +574,14 @@ impl McpStore {
         .await?;
         row.as_ref().map(token_from_row).transpose()
     }
+}
+
+fn stamp_from_row(r: &AnyRow) -> Result<Stamp, McpError> {
+    Ok(Stamp {
+        server_updated_at: r.try_get("server_updated_at")?,
+        tool_providers: r.try_get("tool_providers")?,
+        newest_provider: r.try_get::<Option<i64>, _>("newest_provider")?.unwrap_or(0),
+    })
 }
 
 fn token_from_row(r: &AnyRow) -> Result<TokenInfo, McpError> {

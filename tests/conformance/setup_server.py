@@ -72,7 +72,13 @@ def main(base: str, key: str, fixture: str) -> None:
             "tools": [{"provider": "conformance", "tool": t, "name": f"test_{t}"} for t in TOOLS],
         }))
         token = data(http.post(f"{api}/mcp/servers/{server['id']}/tokens", json={"name": "conformance"}))["token"]
-        print(server["id"], token)
+        every = data(http.post(f"{api}/mcp/servers", json={
+            "name": "conformance, every tool",
+            "user_id": "conformance",
+            "tools": "all",
+        }))
+        every_token = data(http.post(f"{api}/mcp/servers/{every['id']}/tokens", json={"name": "inspector"}))["token"]
+        print(server["id"], token, every["id"], every_token)
 
 
 if __name__ == "__main__":
