@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// A variable of `scripts/setup-python.sh`'s env file; the process
 /// environment wins.
