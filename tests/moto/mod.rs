@@ -17,7 +17,10 @@ pub fn tools_python() -> PathBuf {
         return python.into();
     }
     let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-python.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/setup-python.sh"
+        ))
         .arg("--print-env-file")
         .stderr(Stdio::inherit())
         .output()
@@ -48,7 +51,14 @@ impl Moto {
             .unwrap()
             .port();
         let child = tokio::process::Command::new(tools_python())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -2,8 +2,8 @@
 //!
 //! Lambda starts it as `AWS_LAMBDA_EXEC_WRAPPER` of the managed Python
 //! runtime (or directly as a custom runtime's `bootstrap`). It serves the
-//! Runtime API loop with `lambda_runtime` in response-streaming mode and
-//! keeps one `python -m <entrypoint>` child (INSTALL_METHOD=local, stdio)
+//! Runtime API loop in response-streaming mode ([`runtime_api`]) and keeps
+//! one `python -m <entrypoint>` child (INSTALL_METHOD=local, stdio)
 //! warm across invocations. Each invocation payload is one session request
 //! line; the response stream carries the plugin's lines of that session as
 //! they come. Backwards calls go to the daemon over HTTP.
@@ -12,21 +12,21 @@ mod backwards;
 mod config;
 mod host;
 mod protocol;
+mod runtime_api;
 
-use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use lambda_runtime::streaming::Response;
-use lambda_runtime::{service_fn, Error, LambdaEvent, MetadataPrelude};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use config::RunnerConfig;
 use host::{HostHandle, Job};
 use protocol::SessionRequest;
+use runtime_api::{Invocation, RuntimeApi};
+
+/// Why the bootstrap stopped.
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Lines buffered between the plugin and the response stream.
 const OUT_QUEUE: usize = 64;
@@ -47,8 +47,19 @@ async fn main() -> Result<(), Error> {
         .with_ansi(false)
         .without_time()
         .init();
+    let endpoint = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|_| "AWS_LAMBDA_RUNTIME_API is not set: plugin-runner runs inside Lambda")?;
+    let api = RuntimeApi::new(&endpoint)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = RunnerConfig::load(|k| std::env::var(k).ok(), &args)?;
+    let config = match RunnerConfig::load(|k| std::env::var(k).ok(), &args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            api.init_error("Runtime.InvalidConfiguration", &e.to_string())
+                .await?;
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         python = %config.python.display(),
         entrypoint = %config.entrypoint,
@@ -64,36 +75,53 @@ async fn main() -> Result<(), Error> {
     // not against the first invocation's timeout.
     let host = host::start(config, http, true);
     host.started().await;
-    lambda_runtime::run(service_fn(move |event| {
-        let host = host.clone();
-        async move { handle(&host, default_timeout, event).await }
-    }))
-    .await
+    loop {
+        // Without the Runtime API there is nothing to serve: exiting lets
+        // Lambda replace the environment.
+        let invocation = api.next().await?;
+        let request_id = invocation.request_id.clone();
+        match start(&host, default_timeout, invocation).await {
+            Ok(lines) => {
+                if let Err(e) = api.respond(&request_id, lines).await {
+                    tracing::error!(%request_id, error = %e, "cannot stream the response");
+                }
+            }
+            Err((error_type, message)) => {
+                tracing::warn!(%request_id, error_type, %message, "invocation refused");
+                api.invocation_error(&request_id, error_type, &message)
+                    .await?;
+            }
+        }
+    }
 }
 
-/// Serves one invocation: hands the request to the host and streams back
-/// what it relays.
-async fn handle(
+/// Hands one invocation to the host; the stream carries its session lines
+/// as the plugin writes them and ends with the session.
+async fn start(
     host: &HostHandle,
     default_timeout: Duration,
-    event: LambdaEvent<Value>,
-) -> Result<Response<impl futures::Stream<Item = Result<Bytes, Infallible>>>, Error> {
-    let request = SessionRequest::parse(event.payload)?;
+    invocation: Invocation,
+) -> Result<impl futures::Stream<Item = Bytes>, (&'static str, String)> {
+    let payload = serde_json::from_slice(&invocation.payload).map_err(|e| {
+        (
+            "Runtime.InvalidPayload",
+            format!("the payload is not JSON: {e}"),
+        )
+    })?;
+    let request =
+        SessionRequest::parse(payload).map_err(|e| ("Runtime.InvalidPayload", e.to_string()))?;
     let limit = request.timeout.unwrap_or(default_timeout);
-    let deadline = Instant::now() + limit.min(lambda_time_left(event.context.deadline));
+    let deadline = Instant::now() + limit.min(lambda_time_left(invocation.deadline_ms));
     let (out, lines) = mpsc::channel(OUT_QUEUE);
-    tracing::debug!(session_id = %request.session_id, request_id = %event.context.request_id, "invocation");
+    tracing::debug!(session_id = %request.session_id, request_id = %invocation.request_id, "invocation");
     host.submit(Job {
         request,
         deadline,
         out,
     })
-    .await?;
-    let stream = tokio_stream_of(lines).map(Ok::<Bytes, Infallible>);
-    Ok(Response {
-        metadata_prelude: MetadataPrelude::default(),
-        stream,
-    })
+    .await
+    .map_err(|e| ("Runtime.HostStopped", e.to_string()))?;
+    Ok(tokio_stream_of(lines))
 }
 
 /// Time until Lambda's deadline (milliseconds since the epoch), less a margin.
