@@ -40,6 +40,15 @@ use common::{KEY, TENANT};
 const WARMUP: usize = 50;
 const CALLS_SEQUENTIAL: usize = 500;
 const CALLS_CONCURRENT: usize = 3000;
+/// DISPATCH_BENCH_REPEAT multiplies the call counts (longer runs for a
+/// profiler to attach to); 1 when unset.
+fn repeat() -> usize {
+    std::env::var("DISPATCH_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
 const CONCURRENCY: usize = 64;
 const INSTALLED: usize = 10;
 /// The tenant the debugging plugin registers for.
@@ -557,8 +566,8 @@ fn main() {
             }
         };
         let pid = daemon.pid.clone();
-        let b1 = measure(&pid, http_call(TENANT), CALLS_SEQUENTIAL, 1).await;
-        let b64 = measure(&pid, http_call(TENANT), CALLS_CONCURRENT, CONCURRENCY).await;
+        let b1 = measure(&pid, http_call(TENANT), CALLS_SEQUENTIAL * repeat(), 1).await;
+        let b64 = measure(&pid, http_call(TENANT), CALLS_CONCURRENT * repeat(), CONCURRENCY).await;
 
         // The same plugin attached over the debugging listener.
         let key = daemon.debugging_key(DEBUG_TENANT).await;
