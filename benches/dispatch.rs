@@ -15,8 +15,10 @@
 //!
 //! At concurrency 1 and 64: p50/p99 latency, requests/s, CPU per request
 //! (for (a) this process, for (b) and (c) the daemon process alone) and RSS
-//! (for (a) this process, for (b) and (c) the daemon's). Then the daemon's
-//! RSS with 10 plugins installed. Prints figures, asserts nothing beyond
+//! (for (a) this process, for (b) and (c) the daemon's). Ten plugins (the
+//! echo plugin and nine renamed copies) are installed and running
+//! throughout; the daemon's RSS is printed before the first call and after
+//! the last. Prints figures, asserts nothing beyond
 //! each answer being right. Run with `cargo bench --bench dispatch` after
 //! `scripts/setup-python.sh`.
 
@@ -71,14 +73,29 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-/// Resident set size of process `pid`, in MiB.
-fn rss_mib(pid: &str) -> f64 {
+/// A `kB` field of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: &str, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// RSS of process `pid` with its parts, for printing.
+fn memory(pid: &str) -> String {
+    format!(
+        "{:.1} MiB (heap and stacks {:.1}, mapped binary and libraries {:.1})",
+        rss_mib(pid),
+        status_mib(pid, "RssAnon"),
+        status_mib(pid, "RssFile"),
+    )
+}
+
+/// Resident set size of process `pid`, in MiB.
+fn rss_mib(pid: &str) -> f64 {
+    status_mib(pid, "VmRSS")
 }
 
 /// The 1-minute load average.
@@ -539,6 +556,13 @@ fn main() {
             .install(dispatch_common::fixture_package("echo_tool"))
             .await;
         let dir = daemon.plugin_dir(&id);
+        // Nine more plugins, copies of echo_tool under other names, so that
+        // every figure is taken with ten plugins running.
+        for n in 1..INSTALLED {
+            daemon.install(renamed_echo_tool(n)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_idle = memory(&daemon.pid);
         println!(
             "echo tool, one text message per call; {CALLS_SEQUENTIAL} calls at concurrency 1, \
              {CALLS_CONCURRENT} at {CONCURRENCY}; daemon pid {} (its own process)",
@@ -616,14 +640,12 @@ fn main() {
             c64.rps / a64.rps * 100.0
         );
 
-        // Nine more plugins: copies of echo_tool under other names.
-        for n in 1..INSTALLED {
-            daemon.install(renamed_echo_tool(n)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
         println!(
-            "daemon process RSS with {INSTALLED} plugins installed and running: {:.1} MiB (target <= 30 MiB)",
-            rss_mib(&pid)
+            "daemon RSS with {INSTALLED} plugins installed and running, before any call: {rss_idle} (target <= 30 MiB)"
+        );
+        println!(
+            "daemon RSS with {INSTALLED} plugins installed and running, after the runs above: {}",
+            memory(&pid)
         );
         if let Ok(daemon) = Arc::try_unwrap(daemon) {
             daemon.stop().await;
