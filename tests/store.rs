@@ -278,3 +278,72 @@ async fn readmes_are_cached_per_language() {
     store.save_readmes(&id, &m).await.unwrap();
     assert_eq!(store.readmes(&id).await.unwrap(), m);
 }
+
+#[tokio::test]
+async fn installed_identifier_follows_every_install_upgrade_and_uninstall() {
+    let (store, _dir) = fresh_store().await;
+    // Dispatch reads through a clone of the state's store: both share the cache.
+    let reader = store.clone();
+    let old = ident("echo", "0.0.1");
+    let new = ident("echo", "0.0.2");
+    let d = decl("echo");
+    assert_eq!(
+        reader
+            .installed_identifier(T1, "langgenius/echo")
+            .await
+            .unwrap(),
+        None
+    );
+    let inst = install(&store, T1, &old, &d).await.unwrap();
+    for _ in 0..2 {
+        // The second answer comes from memory; both must be the row's.
+        assert_eq!(
+            reader
+                .installed_identifier(T1, "langgenius/echo")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(old.as_str())
+        );
+    }
+    assert_eq!(
+        reader
+            .installed_identifier(T2, "langgenius/echo")
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .upgrade_plugin(&UpgradeInstallation {
+            tenant_id: T1,
+            original_identifier: &old,
+            new_identifier: &new,
+            plugin_id: "langgenius/echo",
+            install_type: "local",
+            new_declaration: &d,
+            source: "package",
+            meta: &json!({}),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reader
+            .installed_identifier(T1, "langgenius/echo")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(new.as_str())
+    );
+    store
+        .uninstall_plugin(T1, &inst.installation.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reader
+            .installed_identifier(T1, "langgenius/echo")
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -328,14 +328,19 @@ async fn handle(
             return sse_response(Body::from(line));
         }
     };
-    let lines = SseLines {
+    let mut lines = SseLines {
         chunks,
         route: spec.path,
         started,
         outcome: None,
         span,
     };
-    sse_response(Body::from_stream(lines))
+    // The headers leave with the first line, as the reference's do (Go's
+    // writer sends them at the first write): one write instead of two for
+    // a short answer, and the client wakes once. A client that goes away
+    // meanwhile drops this future, which cancels the session.
+    let first = lines.next().await;
+    sse_response(Body::from_stream(futures::stream::iter(first).chain(lines)))
 }
 
 fn sse_response(body: Body) -> Response {
@@ -399,6 +404,21 @@ fn mid_stream_error(err: DaemonError) -> DaemonError {
     }
 }
 
+/// The SSE line of one chunk: the bytes [`sse_line`] makes of the success
+/// envelope `{"code": 0, "message": "success", "data": chunk}` (keys in
+/// serde_json's sorted order), written straight into one buffer instead of
+/// building the envelope and formatting it.
+fn success_line(chunk: &Value) -> Bytes {
+    const HEAD: &[u8] = b"data: {\"code\":0,\"data\":";
+    const TAIL: &[u8] = b",\"message\":\"success\"}\n\n";
+    let mut out = Vec::with_capacity(HEAD.len() + TAIL.len() + 128);
+    out.extend_from_slice(HEAD);
+    // Writing a `Value` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, chunk);
+    out.extend_from_slice(TAIL);
+    Bytes::from(out)
+}
+
 /// The SSE lines of one session; records the request's outcome when the
 /// stream ends or the client goes away.
 struct SseLines {
@@ -418,10 +438,7 @@ impl Stream for SseLines {
         }
         match self.chunks.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                let envelope = serde_json::json!({"code": 0, "message": "success", "data": chunk});
-                Poll::Ready(Some(Ok(Bytes::from(sse_line(&envelope)))))
-            }
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(success_line(&chunk)))),
             Poll::Ready(Some(Err(err))) => {
                 let err = mid_stream_error(err);
                 self.span.in_scope(|| err.log());
@@ -455,6 +472,23 @@ mod tests {
         assert_eq!(paths.len(), ROUTES.len());
         // The 33 generated routes of the reference plus agent_strategy/invoke.
         assert_eq!(ROUTES.len(), 34);
+    }
+
+    #[test]
+    fn success_lines_are_the_envelope_lines() {
+        for chunk in [
+            serde_json::json!({"type": "text", "message": {"text": "hi \"there\"\n"}}),
+            serde_json::json!({"z": [1, 2.5, null, true], "a": {}}),
+            Value::Null,
+            serde_json::json!("blob"),
+        ] {
+            let envelope = serde_json::json!({"code": 0, "message": "success", "data": chunk});
+            assert_eq!(
+                success_line(&chunk),
+                Bytes::from(sse_line(&envelope)),
+                "{chunk}"
+            );
+        }
     }
 
     #[test]

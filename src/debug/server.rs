@@ -88,7 +88,42 @@ impl DebugOptions {
     }
 }
 
-type Lines = FramedRead<OwnedReadHalf, LineCodec>;
+type Lines = FramedRead<QuickAckRead, LineCodec>;
+
+/// The read half of a debugging connection that acknowledges what it reads
+/// at once.
+///
+/// The SDK writes a session's chunk and its `end` as two small sends on a
+/// socket without TCP_NODELAY, so Nagle holds the second until the first is
+/// acknowledged; with Linux's delayed ACK that is ~40 ms on every call.
+/// TCP_QUICKACK is not sticky (the kernel may fall back to delayed ACKs), so
+/// it is set again after each read that returned data.
+pub(crate) struct QuickAckRead {
+    inner: OwnedReadHalf,
+}
+
+impl QuickAckRead {
+    fn new(inner: OwnedReadHalf) -> Self {
+        Self { inner }
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAckRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let stream: &TcpStream = self.inner.as_ref();
+            // Only a latency hint: a failure changes nothing else.
+            let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+        }
+        polled
+    }
+}
 
 struct Inner {
     state: AppState,
@@ -293,7 +328,10 @@ async fn next_line(inner: &Inner, lines: &mut Lines, deadline: Instant) -> Resul
 async fn handle(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (read, writer) = stream.into_split();
-    let mut lines = FramedRead::new(read, LineCodec::new(inner.options.max_line));
+    let mut lines = FramedRead::new(
+        QuickAckRead::new(read),
+        LineCodec::new(inner.options.max_line),
+    );
     let Ok(_permit): Result<OwnedSemaphorePermit, _> =
         Arc::clone(&inner.permits).try_acquire_owned()
     else {

@@ -69,12 +69,11 @@ pub async fn invoke(state: &AppState, req: InvokeRequest) -> Result<ChunkStream,
         action = %req.action,
     );
     async move {
-        let installation = state
+        let identifier = state
             .store
-            .installation_by_plugin_id(&req.tenant_id, &req.plugin_id)
+            .installed_identifier(&req.tenant_id, &req.plugin_id)
             .await?
             .ok_or(DaemonError::PluginNotFound)?;
-        let identifier = installation.plugin_unique_identifier;
         let runtime = state.registry.get(&identifier).ok_or_else(|| {
             tracing::warn!(%identifier, "installed plugin has no running runtime");
             DaemonError::internal_msg(format!("plugin {identifier} is not running"))

@@ -319,7 +319,14 @@ impl PluginRuntime for LocalRuntime {
     async fn invoke(&self, request: SessionRequest) -> Result<SessionStream, RuntimeError> {
         // A call during a restart waits for the new process rather than failing.
         let deadline = Instant::now() + self.shared.options.heartbeat_timeout;
+        let ready_now = *self.shared.state.borrow() == RuntimeState::Ready;
         let writer = loop {
+            // The common case, without arming a wait.
+            if ready_now {
+                if let Some(writer) = self.shared.writer() {
+                    break writer;
+                }
+            }
             self.wait_ready(deadline.saturating_duration_since(Instant::now()))
                 .await?;
             if let Some(writer) = self.shared.writer() {

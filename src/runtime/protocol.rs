@@ -125,11 +125,29 @@ fn malformed(event: &'static str, reason: impl ToString) -> ProtocolError {
 impl PluginEvent {
     /// Parses one line written by a plugin.
     pub fn parse(line: &[u8]) -> Result<Self, ProtocolError> {
-        let raw: Value = serde_json::from_slice(line).map_err(ProtocolError::NotJson)?;
-        if !raw.is_object() {
-            return Ok(Self::Other);
-        }
-        let raw: RawEvent = serde_json::from_value(raw).map_err(|e| malformed("plugin", e))?;
+        // Every line of a session's answer passes here: an object is read
+        // straight into its fields in one pass. Anything else, or an object
+        // that does not fit (duplicate keys, wrong types), takes the general
+        // path, which decides what it is.
+        let starts_object = line
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        let typed = if starts_object {
+            serde_json::from_slice::<RawEvent>(line).ok()
+        } else {
+            None
+        };
+        let raw = match typed {
+            Some(raw) => raw,
+            None => {
+                let raw: Value = serde_json::from_slice(line).map_err(ProtocolError::NotJson)?;
+                if !raw.is_object() {
+                    return Ok(Self::Other);
+                }
+                serde_json::from_value(raw).map_err(|e| malformed("plugin", e))?
+            }
+        };
         match raw.event.as_deref() {
             Some("heartbeat") => Ok(Self::Heartbeat),
             Some("log") => serde_json::from_value(raw.data)
@@ -323,6 +341,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn odd_but_valid_lines_parse_as_before() {
+        // A repeated key: the last one wins, as in a JSON object read whole.
+        assert_eq!(
+            PluginEvent::parse(br#"{"event":"log","event":"heartbeat"}"#).unwrap(),
+            PluginEvent::Heartbeat
+        );
+        assert_eq!(
+            PluginEvent::parse(br#"  ["heartbeat"]"#).unwrap(),
+            PluginEvent::Other
+        );
+        assert_eq!(PluginEvent::parse(b"42").unwrap(), PluginEvent::Other);
+        assert!(matches!(
+            PluginEvent::parse(br#"{"event":5}"#),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! installing bumps the plugin row's `refers`, uninstalling the last
 //! reference removes the plugin and its declaration.
 
+mod cache;
 mod debugging;
 mod endpoints;
 mod kv;
@@ -101,6 +102,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Installed identifiers for the dispatch path; see [`Store::installed_identifier`].
+    installations: std::sync::Arc<cache::InstallationCache>,
 }
 
 /// Microseconds since the epoch, the stored form of every timestamp.
@@ -258,7 +261,11 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            installations: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -418,6 +425,7 @@ impl Store {
     /// `refers` counted up), the installation and one provider row per
     /// category the declaration declares.
     pub async fn install_plugin(&self, new: &NewInstallation<'_>) -> Result<Installed> {
+        let _change = self.installations.change();
         let mut tx = self.begin().await?;
         let existing = sqlx::query(
             "SELECT id FROM plugin_installations WHERE tenant_id = $1 AND plugin_id = $2",
@@ -511,6 +519,7 @@ impl Store {
         tenant_id: &str,
         installation_id: &str,
     ) -> Result<Option<Uninstalled>> {
+        let _change = self.installations.change();
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {INSTALLATION_COLS} FROM plugin_installations WHERE id = $1 AND tenant_id = $2{}",
@@ -576,6 +585,7 @@ impl Store {
     /// Moves a tenant's installation from one package to another of the same
     /// plugin, in one transaction.
     pub async fn upgrade_plugin(&self, up: &UpgradeInstallation<'_>) -> Result<Upgraded> {
+        let _change = self.installations.change();
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {INSTALLATION_COLS} FROM plugin_installations WHERE plugin_unique_identifier = $1 AND tenant_id = $2{}",
@@ -738,6 +748,33 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(installation_from_row).transpose()
+    }
+
+    /// The unique identifier of the package serving a tenant's plugin
+    /// (`author/name`), `None` when not installed. Answered from memory while
+    /// no install, uninstall or upgrade has finished since, for at most
+    /// a second: the dispatch path asks this on every call.
+    pub async fn installed_identifier(
+        &self,
+        tenant_id: &str,
+        plugin_id: &str,
+    ) -> Result<Option<String>> {
+        if let Some(identifier) = self.installations.get(tenant_id, plugin_id) {
+            return Ok(Some(identifier.to_string()));
+        }
+        let generation = self.installations.generation();
+        let row = sqlx::query(
+            "SELECT plugin_unique_identifier FROM plugin_installations WHERE tenant_id = $1 AND plugin_id = $2",
+        )
+        .bind(tenant_id)
+        .bind(plugin_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let identifier: String = row.try_get("plugin_unique_identifier")?;
+        self.installations
+            .fill(tenant_id, plugin_id, &identifier, generation);
+        Ok(Some(identifier))
     }
 
     /// A tenant's installation of one exact package.
