@@ -225,6 +225,67 @@ async fn uninstalling_the_last_reference_deletes_the_function() {
 }
 
 #[tokio::test]
+async fn an_upgrade_swaps_the_function_and_deletes_the_old_one() {
+    let moto = Moto::start().await;
+    let builder = Arc::new(ZipBuilder::default());
+    let app = fresh(&moto, builder.clone()).await;
+    let old = upload(&app, common::tool_package("lambda_upgrade", "0.0.1")).await;
+    assert_eq!(install_as(&app, TENANT, &old).await["status"], "success");
+    let old_record = app
+        .state
+        .store
+        .serverless_runtime(&old)
+        .await
+        .unwrap()
+        .expect("the old version is recorded");
+    let new = upload(&app, common::tool_package("lambda_upgrade", "0.0.2")).await;
+
+    let url = format!("{}/plugin/{TENANT}/management/install/upgrade", app.base);
+    let started: Value = app
+        .client
+        .post(url)
+        .header("X-Api-Key", common::KEY)
+        .json(&json!({"original_plugin_unique_identifier": old,
+                      "new_plugin_unique_identifier": new, "source": "package"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started["code"], 0, "{started}");
+    let task = app
+        .wait_task(started["data"]["task_id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "success", "{task}");
+
+    // The new version runs on its own published function; the old
+    // function went with the old version's last installation.
+    let new_record = app
+        .state
+        .store
+        .serverless_runtime(&new)
+        .await
+        .unwrap()
+        .expect("the new version is recorded");
+    assert_ne!(new_record.function_name, old_record.function_name);
+    assert_eq!(
+        moto.functions().await,
+        vec![new_record.function_name.clone()]
+    );
+    assert!(app.state.registry.get(&new).is_some());
+    assert!(app.state.registry.get(&old).is_none());
+    assert!(app
+        .state
+        .store
+        .serverless_runtime(&old)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(builder.builds.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn an_install_interrupted_after_upload_finishes_on_retry_without_orphans() {
     let moto = Moto::start().await;
     let builder = Arc::new(ZipBuilder::default());
