@@ -67,32 +67,13 @@ fn main() {
     rt.block_on(async {
         let app = dispatch_common::spawn_local(dispatch_common::HostTimings::default()).await;
         dispatch_common::install_fixture(&app, "echo_tool").await;
-        let api = format!("{}/plugin/{}/mcp/servers", app.base, common::TENANT);
-        let created: Value = app
-            .client
-            .post(&api)
-            .header("X-Api-Key", common::KEY)
-            .json(&json!({"name": "bench", "user_id": "u1", "tools": "all",
-                "credentials": {"echo_tool": {"api_key": "k"}}}))
-            .send()
-            .await
-            .expect("create server")
-            .json()
-            .await
-            .expect("envelope");
-        let id = created["data"]["id"].as_str().expect("server id").to_owned();
-        let token: Value = app
-            .client
-            .post(format!("{api}/{id}/tokens"))
-            .header("X-Api-Key", common::KEY)
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("create token")
-            .json()
-            .await
-            .expect("envelope");
-        let token = token["data"]["token"].as_str().expect("token").to_owned();
+        let (url, token) = common::create_mcp_server(
+            &app.client,
+            &app.base,
+            json!({"name": "bench", "user_id": "u1", "tools": "all",
+                "credentials": {"echo_tool": {"api_key": "k"}}}),
+        )
+        .await;
 
         let data = dispatch_common::tool_data("echo", json!({"text": "hi"}));
         let Value::Object(payload) = data.clone() else {
@@ -146,7 +127,7 @@ fn main() {
         .await;
 
         let transport = StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp/{id}", app.base))
+            StreamableHttpClientTransportConfig::with_uri(url.clone())
                 .auth_header(token),
         );
         let client = ().serve(transport).await.expect("mcp client connects");

@@ -9,7 +9,7 @@ mod dify_double;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{KEY, TENANT};
+use common::TENANT;
 use dify_double::DifyDouble;
 use plugind::app_state::AppState;
 use plugind::install::NoopInstallStep;
@@ -46,11 +46,10 @@ async fn serve_apps() -> Served {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let client = reqwest::Client::new();
-    let api = format!("{base}/plugin/{TENANT}/mcp/servers");
-    let created: Value = client
-        .post(&api)
-        .header("X-Api-Key", KEY)
-        .json(&json!({
+    let (url, token) = common::create_mcp_server(
+        &client,
+        &base,
+        json!({
             "name": "apps",
             "user_id": "u1",
             "apps": [
@@ -58,29 +57,13 @@ async fn serve_apps() -> Served {
                 {"app_id": "chat-app", "mode": "advanced-chat"},
                 {"app_id": "missing-app"}
             ]
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(created["code"], 0, "{created}");
-    let id = created["data"]["id"].as_str().unwrap().to_owned();
-    let token: Value = client
-        .post(format!("{api}/{id}/tokens"))
-        .header("X-Api-Key", KEY)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     Served {
         double,
-        url: format!("{base}/mcp/{id}"),
-        token: token["data"]["token"].as_str().unwrap().to_owned(),
+        url,
+        token,
         _dir: dir,
     }
 }

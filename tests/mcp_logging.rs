@@ -15,7 +15,7 @@ mod dispatch_common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestApp, KEY, TENANT};
+use common::TestApp;
 use dispatch_common::{install_fixture, spawn_local, HostTimings};
 use rmcp::model::{
     CallToolRequestParams, LoggingLevel, LoggingMessageNotificationParam, SetLevelRequestParams,
@@ -38,34 +38,15 @@ struct Served {
 async fn serve_conformance_tool() -> Served {
     let app = spawn_local(HostTimings::default()).await;
     install_fixture(&app, "conformance_tool").await;
-    let api = format!("{}/plugin/{TENANT}/mcp/servers", app.base);
-    let created: Value = app
-        .client
-        .post(&api)
-        .header("X-Api-Key", KEY)
-        .json(&json!({"name": "logs", "user_id": "u1", "tools": "all"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(created["code"], 0, "{created}");
-    let id = created["data"]["id"].as_str().unwrap().to_owned();
-    let token: Value = app
-        .client
-        .post(format!("{api}/{id}/tokens"))
-        .header("X-Api-Key", KEY)
-        .json(&json!({"name": "tests"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (url, token) = common::create_mcp_server(
+        &app.client,
+        &app.base,
+        json!({"name": "logs", "user_id": "u1", "tools": "all"}),
+    )
+    .await;
     Served {
-        url: format!("{}/mcp/{id}", app.base),
-        token: token["data"]["token"].as_str().unwrap().to_owned(),
+        url,
+        token,
         _app: app,
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{TestApp, KEY, TENANT};
+use common::TestApp;
 use dispatch_common::{install_fixture, spawn_local, HostTimings};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientRequest, ProgressNotificationParam,
@@ -36,39 +36,20 @@ struct Served {
 async fn serve_echo_tool() -> Served {
     let app = spawn_local(HostTimings::default()).await;
     let plugin_unique_id = install_fixture(&app, "echo_tool").await;
-    let api = format!("{}/plugin/{TENANT}/mcp/servers", app.base);
-    let created: Value = app
-        .client
-        .post(&api)
-        .header("X-Api-Key", KEY)
-        .json(&json!({
+    let (url, token) = common::create_mcp_server(
+        &app.client,
+        &app.base,
+        json!({
             "name": "echo plugin",
             "user_id": "u1",
             "tools": "all",
             "credentials": {"echo_tool": {"api_key": "k"}}
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(created["code"], 0, "{created}");
-    let id = created["data"]["id"].as_str().unwrap().to_owned();
-    let token: Value = app
-        .client
-        .post(format!("{api}/{id}/tokens"))
-        .header("X-Api-Key", KEY)
-        .json(&json!({"name": "tests"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     Served {
-        url: format!("{}/mcp/{id}", app.base),
-        token: token["data"]["token"].as_str().unwrap().to_owned(),
+        url,
+        token,
         app,
         plugin_unique_id,
     }

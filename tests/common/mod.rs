@@ -317,3 +317,41 @@ pub fn build_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
     }
     w.finish().unwrap().into_inner()
 }
+
+/// Creates an MCP server for [`TENANT`] through the management API on the
+/// daemon at `base`, issues it a token, and returns the server's URL and
+/// the token.
+pub async fn create_mcp_server(
+    client: &reqwest::Client,
+    base: &str,
+    body: serde_json::Value,
+) -> (String, String) {
+    let api = format!("{base}/plugin/{TENANT}/mcp/servers");
+    let created: serde_json::Value = client
+        .post(&api)
+        .header("X-Api-Key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("create the MCP server")
+        .json()
+        .await
+        .expect("an envelope");
+    assert_eq!(created["code"], 0, "{created}");
+    let id = created["data"]["id"]
+        .as_str()
+        .expect("server id")
+        .to_owned();
+    let token: serde_json::Value = client
+        .post(format!("{api}/{id}/tokens"))
+        .header("X-Api-Key", KEY)
+        .json(&serde_json::json!({"name": "tests"}))
+        .send()
+        .await
+        .expect("create a token")
+        .json()
+        .await
+        .expect("an envelope");
+    let token = token["data"]["token"].as_str().expect("a token").to_owned();
+    (format!("{base}/mcp/{id}"), token)
+}
