@@ -144,6 +144,11 @@ async fn uninstall_as(app: &TestApp, tenant: &str) {
     assert_eq!(un["data"], true, "{un}");
 }
 
+/// The function recorded for `id`.
+async fn recorded(app: &TestApp, id: &str) -> Option<plugind::store::ServerlessRuntimeRecord> {
+    app.state.store.serverless_runtime(id).await.unwrap()
+}
+
 fn job(app: &TestApp, id: &str, declaration: Value) -> InstallJob {
     InstallJob {
         tenant_id: TENANT.into(),
@@ -166,13 +171,7 @@ async fn install_deploys_records_and_registers_the_function() {
 
     let task = install_as(&app, TENANT, &id).await;
     assert_eq!(task["status"], "success", "{task}");
-    let record = app
-        .state
-        .store
-        .serverless_runtime(&id)
-        .await
-        .unwrap()
-        .expect("recorded");
+    let record = recorded(&app, &id).await.expect("recorded");
     let step = app.state.serverless.clone().unwrap();
     assert_eq!(record.function_name, step.target().function_name(&id));
     assert!(!record.function_version.is_empty());
@@ -215,13 +214,7 @@ async fn uninstalling_the_last_reference_deletes_the_function() {
     uninstall_as(&app, TENANT2).await;
     assert!(moto.functions().await.is_empty());
     assert!(app.state.registry.get(&id).is_none());
-    assert!(app
-        .state
-        .store
-        .serverless_runtime(&id)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(recorded(&app, &id).await.is_none());
 }
 
 #[tokio::test]
@@ -231,12 +224,8 @@ async fn an_upgrade_swaps_the_function_and_deletes_the_old_one() {
     let app = fresh(&moto, builder.clone()).await;
     let old = upload(&app, common::tool_package("lambda_upgrade", "0.0.1")).await;
     assert_eq!(install_as(&app, TENANT, &old).await["status"], "success");
-    let old_record = app
-        .state
-        .store
-        .serverless_runtime(&old)
+    let old_record = recorded(&app, &old)
         .await
-        .unwrap()
         .expect("the old version is recorded");
     let new = upload(&app, common::tool_package("lambda_upgrade", "0.0.2")).await;
 
@@ -261,12 +250,8 @@ async fn an_upgrade_swaps_the_function_and_deletes_the_old_one() {
 
     // The new version runs on its own published function; the old
     // function went with the old version's last installation.
-    let new_record = app
-        .state
-        .store
-        .serverless_runtime(&new)
+    let new_record = recorded(&app, &new)
         .await
-        .unwrap()
         .expect("the new version is recorded");
     assert_ne!(new_record.function_name, old_record.function_name);
     assert_eq!(
@@ -275,13 +260,7 @@ async fn an_upgrade_swaps_the_function_and_deletes_the_old_one() {
     );
     assert!(app.state.registry.get(&new).is_some());
     assert!(app.state.registry.get(&old).is_none());
-    assert!(app
-        .state
-        .store
-        .serverless_runtime(&old)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(recorded(&app, &old).await.is_none());
     assert_eq!(builder.builds.load(Ordering::SeqCst), 2);
 }
 
@@ -325,25 +304,13 @@ async fn an_install_interrupted_after_deploy_updates_the_same_function_on_retry(
         .await
         .unwrap();
     assert!(first.created);
-    assert!(app
-        .state
-        .store
-        .serverless_runtime(&id)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(recorded(&app, &id).await.is_none());
 
     let task = install_as(&app, TENANT, &id).await;
     assert_eq!(task["status"], "success", "{task}");
     // One function, found again by its derived name; the record names it.
     assert_eq!(moto.functions().await, vec![first.function_name.clone()]);
-    let record = app
-        .state
-        .store
-        .serverless_runtime(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = recorded(&app, &id).await.unwrap();
     assert_eq!(record.function_name, first.function_name);
     // And an uninstall reaches it.
     uninstall_as(&app, TENANT).await;

@@ -52,23 +52,14 @@ async fn echo(d: &Deployed, session: &str, text: &str) -> Vec<Value> {
 async fn chunks_stream_in_order_as_the_plugin_writes_them() {
     let d = deploy(&fixture_artifact("echo_tool"), &[], 60).await;
     let mut output = d
-        .lambda
-        .invoke_with_response_stream()
-        .function_name(&d.function)
-        .qualifier(&d.version)
-        .payload(aws_sdk_lambda::primitives::Blob::new(
-            serde_json::to_vec(&tool_request(
-                "s1",
-                "echo_tool",
-                "slow",
-                json!({"count": 3, "delay": 0.5}),
-                json!({}),
-            ))
-            .unwrap(),
+        .start(&tool_request(
+            "s1",
+            "echo_tool",
+            "slow",
+            json!({"count": 3, "delay": 0.5}),
+            json!({}),
         ))
-        .send()
-        .await
-        .expect("invoke");
+        .await;
     assert_eq!(output.executed_version(), Some(d.version.as_str()));
     let mut arrivals: Vec<(Instant, Vec<u8>)> = Vec::new();
     let mut completed = false;
@@ -164,23 +155,14 @@ async fn plugin_errors_are_relayed_as_the_plugin_wrote_them() {
 async fn a_plugin_crash_gives_a_typed_error_and_the_next_call_succeeds() {
     let d = deploy(&fixture_artifact("echo_tool"), &[], 60).await;
     let mut output = d
-        .lambda
-        .invoke_with_response_stream()
-        .function_name(&d.function)
-        .qualifier(&d.version)
-        .payload(aws_sdk_lambda::primitives::Blob::new(
-            serde_json::to_vec(&tool_request(
-                "c1",
-                "echo_tool",
-                "slow",
-                json!({"count": 5, "delay": 1}),
-                json!({}),
-            ))
-            .unwrap(),
+        .start(&tool_request(
+            "c1",
+            "echo_tool",
+            "slow",
+            json!({"count": 5, "delay": 1}),
+            json!({}),
         ))
-        .send()
-        .await
-        .unwrap();
+        .await;
     let pids = d.emulator.plugin_pids();
     assert_eq!(pids.len(), 1);
     let mut chunks = Vec::new();

@@ -174,10 +174,14 @@ pub fn tool_request(
 }
 
 impl Deployed {
-    /// InvokeWithResponseStream on the published version.
-    pub async fn invoke(&self, payload: &Value) -> (Vec<Bytes>, Option<(String, String)>) {
-        let output = self
-            .lambda
+    /// Starts InvokeWithResponseStream on the published version; the
+    /// caller reads the event stream.
+    pub async fn start(
+        &self,
+        payload: &Value,
+    ) -> aws_sdk_lambda::operation::invoke_with_response_stream::InvokeWithResponseStreamOutput
+    {
+        self.lambda
             .invoke_with_response_stream()
             .function_name(&self.function)
             .qualifier(&self.version)
@@ -186,8 +190,12 @@ impl Deployed {
             ))
             .send()
             .await
-            .expect("InvokeWithResponseStream");
-        super::read_stream(output).await
+            .expect("InvokeWithResponseStream")
+    }
+
+    /// InvokeWithResponseStream on the published version, read to the end.
+    pub async fn invoke(&self, payload: &Value) -> (Vec<Bytes>, Option<(String, String)>) {
+        super::read_stream(self.start(payload).await).await
     }
 }
 
