@@ -14,39 +14,10 @@ use std::time::{Duration, Instant};
 use common::{build_zip, spawn_app_with, TestApp, KEY};
 use plugind::install::NoopInstallStep;
 
-const MIB: usize = 1024 * 1024;
+mod support;
 
-const MANIFEST: &str = r#"version: 0.0.1
-type: plugin
-author: bench
-name: bench
-label: {en_US: Bench}
-description: {en_US: Bench}
-icon: icon.svg
-resource: {memory: 1048576}
-plugins: {tools: [provider/bench.yaml]}
-meta:
-  version: 0.0.1
-  arch: [amd64]
-  runner: {language: python, version: "3.12", entrypoint: main}
-created_at: 2024-07-12T08:03:44Z
-"#;
+use support::{noise, MANIFEST, MIB};
 
-/// Pseudo-random bytes (xorshift), so deflate cannot shrink them away.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A tool package with `payload` as its bulk and `nonce` making it unique.
 fn package(payload: &[u8], nonce: usize) -> Vec<u8> {
     build_zip(&[
         ("manifest.yaml", MANIFEST.as_bytes()),
