@@ -51,6 +51,23 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    // The sandbox steps the daemon runs between itself and a plugin: they
+    // read no settings and no .env.
+    let mut args = std::env::args_os().skip(1);
+    match args.next().as_deref().and_then(|a| a.to_str()) {
+        Some(plugind::runtime::sandbox::EXEC_SUBCOMMAND) => {
+            let why = plugind::runtime::sandbox::run_from_env();
+            eprintln!("plugind sandbox-exec: {why}");
+            std::process::exit(126);
+        }
+        Some(plugind::runtime::sandbox::KILL_SUBCOMMAND) => {
+            let uid = args.next().unwrap_or_default();
+            let why = plugind::runtime::sandbox::kill_uid(&uid.to_string_lossy());
+            eprintln!("plugind sandbox-kill: {why}");
+            std::process::exit(1);
+        }
+        _ => {}
+    }
     // A missing .env is normal; a malformed one is not.
     if let Err(e) = dotenvy::dotenv() {
         if !e.not_found() {

@@ -2,13 +2,14 @@
 //! until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app_state::AppState;
 use crate::debug::{DebugOptions, DebugServer};
-use crate::settings::Settings;
+use crate::settings::{DatabaseTarget, Settings};
 
 /// Keys published in Dify's docker-compose defaults; fine on a laptop, never
 /// in production.
@@ -31,12 +32,34 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("SERVER_HOST/SERVER_PORT do not form an address: {e}"))?;
     let launching = settings.plugin_local_launching_concurrent;
+    let daemon_files = {
+        let mut files = vec![PathBuf::from(".env")];
+        if let Ok(DatabaseTarget::Sqlite(db)) = settings.database_target() {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = db.clone().into_os_string();
+                name.push(suffix);
+                files.push(name.into());
+            }
+        }
+        (
+            settings.plugin_storage_local_root.clone(),
+            settings.working_path(),
+            files,
+        )
+    };
     let state = AppState::build(settings).await?;
+    if nix::unistd::geteuid().is_root() {
+        let (root, working, files) = &daemon_files;
+        crate::runtime::sandbox::protect_daemon_files(root, working, files);
+    }
     if let Some(local) = state.local.clone() {
         // In the background: the API answers (and Dify's install polling
         // works) while environments are checked and plugins come up.
         let store = state.store.clone();
-        tokio::spawn(async move { local.relaunch_installed(&store, launching).await });
+        tokio::spawn(async move {
+            local.sweep_leftovers().await;
+            local.relaunch_installed(&store, launching).await
+        });
     }
     let listener = TcpListener::bind(addr)
         .await

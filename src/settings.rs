@@ -493,6 +493,37 @@ pub struct Settings {
     )]
     pub plugin_runtime_max_buffer_size: usize,
 
+    /// Comma-separated names of environment variables local plugins get from the daemon's
+    /// environment, on purpose. Plugins otherwise start from an empty environment plus an
+    /// allow-list (PATH, their own HOME and TMPDIR, LANG/LC_*/TZ, SSL_CERT_FILE,
+    /// SSL_CERT_DIR, REQUESTS_CA_BUNDLE, HTTP(S)_PROXY/NO_PROXY) and never see the daemon's
+    /// keys or database settings.
+    #[arg(
+        long,
+        env = "PLUGIN_ENV_PASSTHROUGH",
+        value_name = "PLUGIN_ENV_PASSTHROUGH",
+        value_delimiter = ','
+    )]
+    pub plugin_env_passthrough: Vec<String>,
+
+    /// When plugind runs as root, each local plugin runs as its own uid (and gid) from this
+    /// inclusive range, with a private HOME and temp folder; its code folder stays the
+    /// daemon's. Not root: plugins run as the daemon's uid, with the clean environment,
+    /// verified read-only code, Landlock and limits still in force.
+    #[arg(
+        long,
+        env = "PLUGIN_UID_RANGE",
+        value_name = "PLUGIN_UID_RANGE",
+        default_value = "50000-59999",
+        value_parser = parse_uid_range
+    )]
+    pub plugin_uid_range: (u32, u32),
+
+    /// Confine local plugins with Landlock where the kernel has it: read-only access to their
+    /// code, venv, interpreter and system folders, writes only to their own data folder.
+    #[arg(long, env = "PLUGIN_LANDLOCK_ENABLED", value_name = "PLUGIN_LANDLOCK_ENABLED", default_value = "true", action = clap::ArgAction::Set)]
+    pub plugin_landlock_enabled: bool,
+
     /// Accept debugging plugins (INSTALL_METHOD=remote) over TCP and serve the debugging key route.
     #[arg(long, env = "PLUGIN_REMOTE_INSTALLING_ENABLED", value_name = "PLUGIN_REMOTE_INSTALLING_ENABLED", default_value = "true", action = clap::ArgAction::Set)]
     pub plugin_remote_installing_enabled: bool,
@@ -884,4 +915,23 @@ mod tests {
         assert!(!shown.contains("\"k\""), "{shown}");
         assert!(shown.contains("Secret(***)"));
     }
+}
+
+/// `LOW-HIGH`, both above 0 (uid 0 is root), LOW ≤ HIGH.
+fn parse_uid_range(value: &str) -> Result<(u32, u32), String> {
+    let (lo, hi) = value
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH, got {value:?}"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{v:?} is not a uid: {e}"))
+    };
+    let (lo, hi) = (parse(lo)?, parse(hi)?);
+    if lo == 0 || lo > hi {
+        return Err(format!(
+            "the range must be LOW-HIGH with 0 < LOW <= HIGH, got {value:?}"
+        ));
+    }
+    Ok((lo, hi))
 }

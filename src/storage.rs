@@ -57,11 +57,17 @@ impl Storage for LocalStorage {
     async fn put(&self, key: &str, data: Bytes) -> io::Result<()> {
         let path = self.path(key)?;
         let dir = path.parent().expect("keys have a parent").to_owned();
-        tokio::fs::create_dir_all(&dir).await?;
         // Write to a temporary file in the same folder, then rename: readers
-        // see the old value or the new one, never a torn write.
+        // see the old value or the new one, never a torn write. Folders are
+        // 0700 and files 0600 (the temp file's mode): packages are the
+        // daemon's, not a plugin's to read.
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
             let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
             tmp.write_all(&data)?;
             tmp.as_file().sync_data()?;

@@ -38,6 +38,8 @@ fn env_config() -> PythonEnvConfig {
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default(),
         pyenv_root: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")),
+        build_env: plugind::runtime::python_env::default_build_env(),
+        stage_dir: None,
     }
 }
 
@@ -85,6 +87,8 @@ async fn running(fixture: &str, settings: serde_json::Value) -> (EndpointApp, St
                 entrypoint: "main".into(),
                 runner_version: Some("3.12".into()),
                 env: vec![],
+                memory: None,
+                package_files: None,
             },
             no_progress(),
         )

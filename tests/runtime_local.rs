@@ -43,6 +43,8 @@ fn env_config() -> PythonEnvConfig {
         init_timeout: Duration::from_secs(300),
         search_path,
         pyenv_root: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")),
+        build_env: plugind::runtime::python_env::default_build_env(),
+        stage_dir: None,
     }
 }
 
@@ -109,6 +111,8 @@ fn spec(dir: &Path) -> LaunchSpec {
         entrypoint: "main".into(),
         runner_version: Some("3.12".into()),
         env: vec![],
+        memory: None,
+        package_files: None,
     }
 }
 
@@ -363,6 +367,8 @@ async fn a_plugin_that_never_heartbeats_fails_to_launch_clearly() {
             ],
             working_dir: dir.path().to_owned(),
             env: vec![],
+            jail: None,
+            code_checksum: None,
         })
         .await
         .unwrap_err();
@@ -388,6 +394,8 @@ async fn a_plugin_that_crashes_at_start_reports_its_stderr() {
             args: vec!["-m".into(), "broken".into()],
             working_dir: dir.path().to_owned(),
             env: vec![],
+            jail: None,
+            code_checksum: None,
         })
         .await
         .unwrap_err();

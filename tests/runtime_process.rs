@@ -55,6 +55,8 @@ fn spec(dir: &Path, script: &str, args: &[&str]) -> ProcessSpec {
         args: all,
         working_dir: dir.to_owned(),
         env: vec![],
+        jail: None,
+        code_checksum: None,
     }
 }
 
@@ -138,6 +140,8 @@ async fn a_missing_program_fails_the_launch() {
             args: vec![],
             working_dir: dir.path().to_owned(),
             env: vec![],
+            jail: None,
+            code_checksum: None,
         },
         options(),
         Arc::new(Semaphore::new(1)),

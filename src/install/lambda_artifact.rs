@@ -168,6 +168,8 @@ mod tests {
             init_timeout: std::time::Duration::from_secs(1),
             search_path: Vec::new(),
             pyenv_root: None,
+            build_env: crate::runtime::python_env::default_build_env(),
+            stage_dir: None,
         };
         PackagerBuilder::new(env, dir, String::new())
     }

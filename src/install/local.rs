@@ -3,7 +3,7 @@
 //! process and register it; stop it when its last installation goes
 //! (reference: `internal/core/plugin_manager/install_to_local.go`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{InstallJob, InstallStep, InstallStepError, Progress};
 use crate::package::{self, DecodeLimits};
+use crate::runtime::sandbox::code;
 use crate::runtime::{
     EnvProgress, LaunchSpec, LocalHost, LocalRuntime, PluginRuntime, Registry, RuntimeState,
 };
@@ -95,13 +96,35 @@ impl LocalInstallStep {
         self.working_path.join(package_dir_name(identifier))
     }
 
-    /// Unpacks the stored package unless a previous install already did.
-    /// The files land in a temporary folder that is renamed into place, so a
-    /// crash never leaves a half-written plugin folder behind.
-    async fn unpack(&self, identifier: &str) -> Result<PathBuf, InstallStepError> {
+    /// Unpacks the stored package unless a previous install already did and
+    /// the folder still matches the package; a folder that does not is
+    /// removed and unpacked again, never run. The files land in a temporary
+    /// folder that is renamed into place, so a crash never leaves a
+    /// half-written plugin folder behind. Returns the package's file names
+    /// when it unpacked.
+    async fn unpack(
+        &self,
+        identifier: &str,
+    ) -> Result<(PathBuf, Option<Arc<BTreeSet<String>>>), InstallStepError> {
         let dir = self.plugin_dir(identifier);
         if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            return Ok(dir);
+            let expected = code::identifier_checksum(identifier).map(str::to_owned);
+            let check_dir = dir.clone();
+            let checked = tokio::task::spawn_blocking(move || match expected {
+                Some(sum) => code::verify(&check_dir, &sum).map_err(|e| e.to_string()),
+                None => Err("the identifier carries no checksum".to_owned()),
+            })
+            .await
+            .map_err(|e| InstallStepError(format!("checking the plugin folder stopped: {e}")))?;
+            match checked {
+                Ok(()) => return Ok((dir, None)),
+                Err(why) => {
+                    tracing::error!(%identifier, dir = %dir.display(), "the plugin folder does not match its package ({why}); unpacking it again");
+                    tokio::fs::remove_dir_all(&dir).await.map_err(|e| {
+                        InstallStepError(format!("cannot remove {}: {e}", dir.display()))
+                    })?;
+                }
+            }
         }
         let key = format!("{}/{identifier}", self.package_prefix);
         let bytes =
@@ -111,10 +134,12 @@ impl LocalInstallStep {
         let limits = DecodeLimits::for_package_size(self.max_package_size);
         let working_path = self.working_path.clone();
         let target = dir.clone();
-        tokio::task::spawn_blocking(move || write_package(&bytes, &limits, &working_path, &target))
-            .await
-            .map_err(|e| InstallStepError(format!("unpacking stopped: {e}")))??;
-        Ok(dir)
+        let files = tokio::task::spawn_blocking(move || {
+            write_package(&bytes, &limits, &working_path, &target)
+        })
+        .await
+        .map_err(|e| InstallStepError(format!("unpacking stopped: {e}")))??;
+        Ok((dir, Some(Arc::new(files))))
     }
 
     /// Unpacks, builds the environment and launches `identifier`, reporting
@@ -138,7 +163,7 @@ impl LocalInstallStep {
             }
         }
         report("unpacking the package".into()).await;
-        let dir = self.unpack(identifier).await?;
+        let (dir, package_files) = self.unpack(identifier).await?;
         let runner = declaration.pointer("/meta/runner");
         let entrypoint = runner
             .and_then(|r| r.get("entrypoint"))
@@ -156,6 +181,10 @@ impl LocalInstallStep {
             entrypoint,
             runner_version,
             env: vec![],
+            memory: declaration
+                .pointer("/resource/memory")
+                .and_then(Value::as_u64),
+            package_files,
         };
         // The environment builder reports synchronously; its lines go through
         // a bounded queue to the task record. When the queue is full a line
@@ -260,6 +289,11 @@ impl InstallStep for LocalInstallStep {
             })
             .await;
         crate::metrics::record_install(result.is_ok(), started.elapsed());
+        if result.is_err() && self.registry.get(&job.identifier).is_none() {
+            // A failed install leaves nothing behind: the next attempt
+            // unpacks and builds afresh.
+            self.remove_folders(&job.identifier).await;
+        }
         result
     }
 
@@ -272,6 +306,9 @@ impl InstallStep for LocalInstallStep {
             runtime.shutdown().await;
         }
         let dir = self.plugin_dir(identifier);
+        if let Err(e) = self.host.sandbox().remove_data(&dir) {
+            tracing::warn!(%identifier, "cannot remove the plugin's data folder: {e}");
+        }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -279,6 +316,55 @@ impl InstallStep for LocalInstallStep {
                 "cannot remove {}: {e}",
                 dir.display()
             ))),
+        }
+    }
+}
+
+impl LocalInstallStep {
+    /// Removes a plugin's code and data folders, logging what cannot go.
+    async fn remove_folders(&self, identifier: &str) {
+        let dir = self.plugin_dir(identifier);
+        if let Err(e) = self.host.sandbox().remove_data(&dir) {
+            tracing::warn!(%identifier, "cannot remove the plugin's data folder: {e}");
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => tracing::info!(%identifier, "removed the folder of a failed install"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(%identifier, "cannot remove {}: {e}", dir.display()),
+        }
+    }
+
+    /// Removes what interrupted unpacks and interpreter copies left in the
+    /// working path (their temporary folders), once at start. Only folders
+    /// older than an hour go: another replica sharing the path may be
+    /// unpacking right now.
+    pub async fn sweep_leftovers(&self) {
+        let Ok(mut entries) = tokio::fs::read_dir(&self.working_path).await else {
+            return;
+        };
+        let stale = std::time::Duration::from_secs(3600);
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(".unpack-") {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= stale);
+            if old {
+                match tokio::fs::remove_dir_all(entry.path()).await {
+                    Ok(()) => {
+                        tracing::info!(folder = %entry.path().display(), "removed an interrupted unpack")
+                    }
+                    Err(e) => {
+                        tracing::warn!(folder = %entry.path().display(), "cannot remove an interrupted unpack: {e}")
+                    }
+                }
+            }
         }
     }
 }
@@ -306,7 +392,7 @@ fn write_package(
     limits: &DecodeLimits,
     working_path: &Path,
     target: &Path,
-) -> Result<(), InstallStepError> {
+) -> Result<BTreeSet<String>, InstallStepError> {
     let fail = |what: String| InstallStepError(what);
     let decoded = package::decode(bytes, limits)
         .map_err(|e| fail(format!("cannot decode the package: {e}")))?;
@@ -324,6 +410,13 @@ fn write_package(
     for (name, data) in &decoded.files {
         let relative = safe_relative(name)
             .ok_or_else(|| fail(format!("the package holds an unsafe path: {name}")))?;
+        // The folder is checked against the package checksum before every
+        // launch, which only works when each file lands under its own name.
+        if relative.to_str() != Some(name.as_str()) {
+            return Err(fail(format!(
+                "the package holds a path that is not in canonical form: {name}"
+            )));
+        }
         let path = temp.path().join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -333,6 +426,7 @@ fn write_package(
             .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
     }
     let temp = temp.keep();
+    let names = decoded.files.keys().cloned().collect();
     if let Err(e) = std::fs::rename(&temp, target) {
         let _ = std::fs::remove_dir_all(&temp);
         // Another install of the same package finished first.
@@ -343,7 +437,7 @@ fn write_package(
             )));
         }
     }
-    Ok(())
+    Ok(names)
 }
 
 /// `name` as a relative path with only normal components.

@@ -6,7 +6,7 @@
 //! writes queued lines to stdin, watches liveness, and restarts the child
 //! with backoff when it dies. Callers hold a cheap [`LocalRuntime`] handle.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::LineCodec;
 use super::protocol::{request_line, PluginEvent};
 use super::python_env::{self, ProgressFn, PythonEnvConfig};
+use super::sandbox::{code, PluginJail, Sandbox, SandboxOptions, SAFE_PATH};
 use super::session::{LineSender, SessionStream, SessionTable};
 use super::{PluginRuntime, RuntimeError, RuntimeState, SessionRequest};
 use crate::settings::Settings;
@@ -91,6 +92,11 @@ pub struct LaunchSpec {
     pub runner_version: Option<String>,
     /// Extra environment variables for the plugin process.
     pub env: Vec<(String, String)>,
+    /// The manifest's `resource.memory`, in bytes.
+    pub memory: Option<u64>,
+    /// The package's files, when the folder was just unpacked: whatever else
+    /// the dependency build leaves beside them is removed.
+    pub package_files: Option<Arc<BTreeSet<String>>>,
 }
 
 /// Exactly which process to run; what [`LocalHost::launch`] derives from a
@@ -101,7 +107,12 @@ pub struct ProcessSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub working_dir: PathBuf,
+    /// The whole environment when there is no jail; added to the jail's.
     pub env: Vec<(String, String)>,
+    /// The confinement; `None` runs the program with `env` and a safe PATH only.
+    pub jail: Option<PluginJail>,
+    /// The package checksum `working_dir` must match before every start.
+    pub code_checksum: Option<String>,
 }
 
 /// Builds environments and starts local plugins, at most
@@ -111,16 +122,47 @@ pub struct LocalHost {
     env: Arc<PythonEnvConfig>,
     options: LocalOptions,
     permits: Arc<Semaphore>,
+    sandbox: Arc<Sandbox>,
 }
 
 impl LocalHost {
     /// A host with explicit configuration.
+    /// Plugins get a clean environment, their own data folder and, as root,
+    /// their own uid; [`LocalHost::with_sandbox`] adds Landlock and limits.
     pub fn new(env: PythonEnvConfig, options: LocalOptions, concurrent_launches: usize) -> Self {
+        let sandbox = Sandbox::new(SandboxOptions {
+            passthrough: vec![],
+            uid_range: super::sandbox::DEFAULT_UID_RANGE,
+            landlock: false,
+            helper: None,
+            build_home: std::env::temp_dir(),
+            read_only: vec![env.uv_cache_dir.clone()],
+        });
+        Self::with_sandbox(env, options, concurrent_launches, Arc::new(sandbox))
+    }
+
+    /// A host confining plugins with `sandbox`.
+    pub fn with_sandbox(
+        mut env: PythonEnvConfig,
+        options: LocalOptions,
+        concurrent_launches: usize,
+        sandbox: Arc<Sandbox>,
+    ) -> Self {
+        env.build_env = sandbox.build_env();
+        if sandbox.drops_privileges() && env.stage_dir.is_none() {
+            env.stage_dir = Some(sandbox.stage_dir());
+        }
         Self {
             env: Arc::new(env),
             options,
             permits: Arc::new(Semaphore::new(concurrent_launches.max(1))),
+            sandbox,
         }
+    }
+
+    /// The sandbox plugins run in.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
     }
 
     /// A host configured from the daemon settings.
@@ -132,10 +174,21 @@ impl LocalHost {
                 "plugind runs as PID 1: local plugins will exit at once; run it under an init such as tini"
             );
         }
-        Self::new(
+        let working_path = settings.working_path();
+        let sandbox = Sandbox::new(SandboxOptions {
+            passthrough: settings.plugin_env_passthrough.clone(),
+            uid_range: settings.plugin_uid_range,
+            landlock: settings.plugin_landlock_enabled,
+            helper: super::sandbox::helper_binary(),
+            build_home: working_path.join(".build-home"),
+            read_only: vec![settings.uv_cache_path()],
+        });
+        sandbox.log_support();
+        Self::with_sandbox(
             PythonEnvConfig::from_settings(settings),
             LocalOptions::from_settings(settings),
             settings.plugin_local_launching_concurrent,
+            Arc::new(sandbox),
         )
     }
 
@@ -161,12 +214,32 @@ impl LocalHost {
             )
             .await?
         };
+        let working_dir = std::fs::canonicalize(&spec.working_dir)?;
+        if let (false, Some(keep)) = (env.reused, &spec.package_files) {
+            let removed = code::remove_strays(&working_dir, keep)
+                .map_err(|e| RuntimeError::Launch(e.to_string()))?;
+            if !removed.is_empty() {
+                tracing::debug!(plugin = %spec.identity, ?removed, "removed files the dependency build left beside the code");
+            }
+        }
+        let dir_name = working_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let jail = self
+            .sandbox
+            .prepare(&dir_name, &working_dir, &env.venv_dir, spec.memory)
+            .map_err(|e| {
+                RuntimeError::Launch(format!("cannot prepare the plugin's folders: {e}"))
+            })?;
         let process = ProcessSpec {
+            code_checksum: code::identifier_checksum(&spec.identity).map(str::to_owned),
             identity: spec.identity,
             program: env.python,
             args: vec!["-m".into(), spec.entrypoint],
-            working_dir: std::fs::canonicalize(&spec.working_dir)?,
+            working_dir,
             env: spec.env,
+            jail: Some(jail),
         };
         self.start(process).await
     }
@@ -445,12 +518,25 @@ async fn supervise(
 }
 
 fn spawn_child(process: &ProcessSpec) -> std::io::Result<Child> {
-    Command::new(&process.program)
-        .args(&process.args)
-        .current_dir(&process.working_dir)
-        .envs(process.env.iter().map(|(k, v)| (k, v)))
-        .env("INSTALL_METHOD", "local")
-        .stdin(Stdio::piped())
+    let mut cmd = match &process.jail {
+        Some(jail) => {
+            let mut jail = jail.clone();
+            jail.env.extend(process.env.iter().cloned());
+            jail.command(&process.program, &process.args, &process.working_dir)
+        }
+        None => {
+            let mut cmd = Command::new(&process.program);
+            cmd.args(&process.args)
+                .current_dir(&process.working_dir)
+                .env_clear()
+                .env("PATH", SAFE_PATH)
+                .env("INSTALL_METHOD", "local")
+                .envs(process.env.iter().map(|(k, v)| (k, v)))
+                .process_group(0);
+            cmd
+        }
+    };
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -466,6 +552,23 @@ async fn run_child(
 ) -> Exit {
     let started = Instant::now();
     let id = &shared.identity;
+    if let Some(expected) = &process.code_checksum {
+        let (dir, expected) = (process.working_dir.clone(), expected.clone());
+        let checked = tokio::task::spawn_blocking(move || code::verify(&dir, &expected)).await;
+        let failure = match checked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the check stopped: {e}")),
+        };
+        if let Some(why) = failure {
+            tracing::error!(plugin = %id, dir = %process.working_dir.display(), "refusing to run a modified code folder: {why}");
+            return Exit {
+                was_ready: false,
+                ran_for: Duration::ZERO,
+                reason: format!("the plugin's code folder does not match its package: {why}"),
+            };
+        }
+    }
     let mut child = match spawn_child(process) {
         Ok(child) => child,
         Err(e) => {
@@ -576,12 +679,26 @@ async fn run_child(
 
     // The child is killed explicitly: the SDK does not exit on stdin EOF.
     drop(stdin);
+    let pid = child.id();
     let _ = child.start_kill();
     let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(status)) => status.to_string(),
         Ok(Err(e)) => format!("wait failed: {e}"),
         Err(_) => "did not exit after kill".to_owned(),
     };
+    // What the plugin started (a child that ignores stdin, a daemon it
+    // forked) goes with it.
+    match &process.jail {
+        Some(jail) => jail.kill_leftovers(pid).await,
+        None => {
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
     // Reading the rest of stderr explains why a child died before its
     // first heartbeat (an import error, a bad manifest…).
     if !ready {
@@ -594,7 +711,8 @@ async fn run_child(
             stderr_tail.push_back(String::from_utf8_lossy(&line).into_owned());
         }
     }
-    let mut reason = format!("{reason}; process {status}");
+    let memory_note = memory_breach(&stderr_tail, process.jail.as_ref());
+    let mut reason = format!("{reason}; process {status}{memory_note}");
     if !ready && !stderr_tail.is_empty() {
         reason.push_str("; last stderr lines:\n");
         reason.push_str(&Vec::from(stderr_tail).join("\n"));
@@ -603,6 +721,23 @@ async fn run_child(
         was_ready: ready,
         ran_for: started.elapsed(),
         reason,
+    }
+}
+
+/// A note for the exit reason when the plugin died of its memory limit:
+/// with RLIMIT_AS an allocation past it fails, and Python reports a
+/// MemoryError on stderr.
+fn memory_breach(stderr_tail: &VecDeque<String>, jail: Option<&PluginJail>) -> String {
+    let Some(limit) = jail.and_then(|j| j.address_space) else {
+        return String::new();
+    };
+    if stderr_tail.iter().any(|l| l.contains("MemoryError")) {
+        format!(
+            " (memory limit reached: address space {} MiB, from resource.memory)",
+            limit >> 20
+        )
+    } else {
+        String::new()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod local;
 pub mod protocol;
 pub mod python_env;
 pub mod registry;
+pub mod sandbox;
 pub mod serverless;
 pub mod session;
 

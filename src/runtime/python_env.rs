@@ -51,6 +51,9 @@ pub enum EnvError {
         secs: u64,
         tail: String,
     },
+    /// Plugins run as other uids and cannot run this interpreter.
+    #[error("plugins cannot run the interpreter {0}: it lies in a folder only the daemon's uid may enter; set PYTHON_INTERPRETER_PATH to one under a world-readable prefix (/usr, /opt…)")]
+    Unreachable(PathBuf),
     /// A filesystem or spawn failure.
     #[error("{step}: {path}: {source}")]
     Io {
@@ -124,6 +127,12 @@ pub struct PythonEnvConfig {
     pub search_path: Vec<PathBuf>,
     /// pyenv root searched for `versions/3.X.*/bin/python3.X`.
     pub pyenv_root: Option<PathBuf>,
+    /// The whole environment of the uv/pip build steps (nothing else of the
+    /// daemon's is inherited; see `sandbox::env`).
+    pub build_env: Vec<(String, String)>,
+    /// When plugins run as other uids: where an interpreter they could not
+    /// reach (under a private home, say) is copied first.
+    pub stage_dir: Option<PathBuf>,
 }
 
 impl PythonEnvConfig {
@@ -169,8 +178,16 @@ impl PythonEnvConfig {
             init_timeout,
             search_path,
             pyenv_root,
+            build_env: default_build_env(),
+            stage_dir: None,
         }
     }
+}
+
+/// The build-step environment when no sandbox settings are given: the
+/// allow-list of the daemon's environment, with HOME in the temp folder.
+pub fn default_build_env() -> Vec<(String, String)> {
+    super::sandbox::EnvPolicy::from_process(&[]).build(&std::env::temp_dir())
 }
 
 /// A ready environment.
@@ -332,6 +349,132 @@ pub async fn find_uv(cfg: &PythonEnvConfig) -> Result<UvCommand, EnvError> {
     )))
 }
 
+/// `interpreter`, or a copy of its prefix under `stage` that other uids
+/// can run when they cannot reach the original (pyenv under a 0700 /root).
+/// The copy leaves out the test suite and site-packages (a venv never sees
+/// them) and is reused by every plugin on that interpreter.
+async fn reachable_interpreter(
+    interpreter: OsString,
+    stage: &Path,
+    progress: &ProgressFn,
+) -> Result<OsString, EnvError> {
+    let path = PathBuf::from(&interpreter);
+    if !path.is_absolute() || super::sandbox::reachable_by_others(&path) {
+        return Ok(interpreter);
+    }
+    let real = std::fs::canonicalize(&path).map_err(io_err("resolve interpreter", &path))?;
+    let (Some(bin), Some(name)) = (real.parent(), real.file_name()) else {
+        return Err(EnvError::Unreachable(real));
+    };
+    let Some(prefix) = bin.parent().filter(|p| p.join("lib").is_dir()) else {
+        return Err(EnvError::Unreachable(real));
+    };
+    use sha2::Digest;
+    let tag = hex::encode(&sha2::Sha256::digest(prefix.as_os_str().as_encoded_bytes())[..6]);
+    let leaf = prefix
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = stage.join(format!("{leaf}-{tag}"));
+    let staged = target.join("bin").join(name);
+    if target.join(STAGED_MARKER).is_file() {
+        return Ok(staged.into());
+    }
+    progress(EnvProgress {
+        phase: EnvPhase::Preparing,
+        line: Some(format!(
+            "copying the interpreter {} to {} so plugin uids can run it",
+            prefix.display(),
+            target.display()
+        )),
+    });
+    let (from, to, stage) = (prefix.to_owned(), target.clone(), stage.to_owned());
+    tokio::task::spawn_blocking(move || stage_prefix(&from, &to, &stage))
+        .await
+        .map_err(|e| EnvError::Io {
+            step: "copy interpreter",
+            path: target.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(io_err("copy interpreter", &target))?;
+    if !super::sandbox::reachable_by_others(&staged) {
+        return Err(EnvError::Unreachable(staged));
+    }
+    tracing::info!(from = %prefix.display(), to = %target.display(), "staged an interpreter plugin uids can run");
+    Ok(staged.into())
+}
+
+/// Written last in a staged interpreter copy.
+const STAGED_MARKER: &str = ".plugind-staged";
+
+fn stage_prefix(from: &Path, to: &Path, stage: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(stage)?;
+    std::fs::set_permissions(stage, std::fs::Permissions::from_mode(0o755))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".stage-")
+        .tempdir_in(stage)?;
+    copy_tree(from, temp.path(), true)?;
+    std::fs::write(temp.path().join(STAGED_MARKER), b"")?;
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let temp = temp.keep();
+    if let Err(e) = std::fs::rename(&temp, to) {
+        let _ = std::fs::remove_dir_all(&temp);
+        // Another launch staged the same interpreter first.
+        if !to.join(STAGED_MARKER).is_file() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Copies a folder tree, keeping symbolic links and making everything
+/// readable (and folders searchable) by other uids. At the top level of a
+/// `lib/pythonX.Y` folder, `test` and `site-packages` are left out
+/// (`site-packages` is created empty).
+fn copy_tree(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    let in_stdlib = from
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+        && from
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "lib");
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let (src, dst) = (entry.path(), to.join(&name));
+        let kind = entry.file_type()?;
+        if in_stdlib && (name == "test" || name == "site-packages") {
+            if name == "site-packages" {
+                std::fs::create_dir_all(&dst)?;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
+            }
+            continue;
+        }
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst, false)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst)?;
+            let mode = entry.metadata()?.permissions().mode() | 0o444;
+            let mode = if mode & 0o100 != 0 {
+                mode | 0o111
+            } else {
+                mode
+            };
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode & 0o7755))?;
+        }
+    }
+    if !top {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EnvError + 'a {
     move |source| EnvError::Io {
         step,
@@ -398,6 +541,11 @@ pub async fn ensure_env(
         },
     };
 
+    let interpreter = match &cfg.stage_dir {
+        Some(stage) => reachable_interpreter(interpreter, stage, &progress).await?,
+        None => interpreter,
+    };
+
     let mut venv = uv.command();
     venv.arg("venv")
         .arg(VENV_DIR)
@@ -426,8 +574,13 @@ pub async fn ensure_env(
     )
     .await?;
 
+    // The venv's libraries are compiled now, while the venv is writable;
+    // the plugin's own code is not: it runs from its verified sources, and
+    // bytecode beside them would be code the check does not cover.
     let mut compile = Command::new(&python);
-    compile.args(["-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."]);
+    compile
+        .args(["-m", "compileall", "-q", "-j", "0"])
+        .arg(venv_dir.join("lib"));
     run_step(
         cfg,
         &plugin_dir,
@@ -528,7 +681,9 @@ async fn run_step(
     progress: &ProgressFn,
 ) -> Result<(), EnvError> {
     progress(EnvProgress { phase, line: None });
-    cmd.current_dir(dir)
+    cmd.env_clear()
+        .envs(cfg.build_env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
         .env("VIRTUAL_ENV", venv_dir)
         .env("UV_PROJECT_ENVIRONMENT", venv_dir)
         .env("UV_CACHE_DIR", &cfg.uv_cache_dir)
@@ -624,6 +779,8 @@ mod tests {
             init_timeout: Duration::from_secs(5),
             search_path,
             pyenv_root,
+            build_env: vec![],
+            stage_dir: None,
         }
     }
 

@@ -84,6 +84,8 @@ pub fn host(timings: HostTimings) -> LocalHost {
         init_timeout: Duration::from_secs(300),
         search_path,
         pyenv_root: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")),
+        build_env: plugind::runtime::python_env::default_build_env(),
+        stage_dir: None,
     };
     let options = LocalOptions {
         heartbeat_timeout: timings.heartbeat_timeout,

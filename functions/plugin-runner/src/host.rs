@@ -361,6 +361,52 @@ pub enum StartError {
     NotReady(Duration),
 }
 
+/// Names the plugin process gets from the function's environment. The
+/// function's role credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+/// AWS_SESSION_TOKEN), the Runtime API address and everything else of
+/// Lambda's stay with the bootstrap: plugin code is third-party code.
+const CHILD_ENV: &[&str] = &[
+    // Lambda's own PATH and loader path find /var/lang/bin/python and its
+    // libpython.
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "TZ",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// The plugin's environment out of the bootstrap's `vars`: [`CHILD_ENV`],
+/// the names PLUGIN_ENV_PASSTHROUGH lists, and /tmp (the one writable
+/// folder on Lambda) as HOME and TMPDIR.
+fn child_env<I>(vars: I) -> Vec<(String, String)>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    let passthrough: Vec<String> = vars
+        .iter()
+        .find(|(k, _)| k == "PLUGIN_ENV_PASSTHROUGH")
+        .map(|(_, v)| v.split(',').map(|n| n.trim().to_owned()).collect())
+        .unwrap_or_default();
+    let mut env: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            CHILD_ENV.contains(&k.as_str()) || k.starts_with("LC_") || passthrough.contains(k)
+        })
+        .collect();
+    env.push(("HOME".into(), "/tmp".into()));
+    env.push(("TMPDIR".into(), "/tmp".into()));
+    env
+}
+
 fn spawn(config: &RunnerConfig) -> Result<Running, StartError> {
     let deps = config.deps_dir();
     let pythonpath = match std::env::var_os("PYTHONPATH") {
@@ -375,6 +421,8 @@ fn spawn(config: &RunnerConfig) -> Result<Running, StartError> {
         .arg("-m")
         .arg(&config.entrypoint)
         .current_dir(&config.task_root)
+        .env_clear()
+        .envs(child_env(std::env::vars()))
         .env("INSTALL_METHOD", "local")
         .env("PYTHONPATH", pythonpath)
         .env("PYTHONUNBUFFERED", "1")
@@ -442,4 +490,30 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plugin_gets_no_role_credentials() {
+        let vars = [
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "session"),
+            ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),
+            ("PATH", "/var/lang/bin:/usr/bin"),
+            ("LD_LIBRARY_PATH", "/var/lang/lib"),
+            ("PLUGIN_ENV_PASSTHROUGH", "MY_SETTING"),
+            ("MY_SETTING", "on"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let env: std::collections::BTreeMap<_, _> = child_env(vars).into_iter().collect();
+        assert!(!env.keys().any(|k| k.starts_with("AWS_")), "{env:?}");
+        assert_eq!(env["PATH"], "/var/lang/bin:/usr/bin");
+        assert_eq!(env["LD_LIBRARY_PATH"], "/var/lang/lib");
+        assert_eq!(env["MY_SETTING"], "on");
+        assert_eq!(env["HOME"], "/tmp");
+    }
 }
