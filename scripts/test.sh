@@ -19,6 +19,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 say() { printf '\n==> %s\n' "$*"; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/plugind-test.XXXXXX")"
+# As root the daemon runs each plugin as a uid of its own, which must be able
+# to walk down to the plugin folders (mktemp makes the folder 0700).
+chmod 0711 "$WORK"
 DAEMON_PID=""
 POSTGRES_STARTED=""
 

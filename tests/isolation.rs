@@ -46,7 +46,20 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(dir: tempfile::TempDir) -> Self {
+    /// Starts over `dir`; plugins get uids from `uid_range` (each test its
+    /// own: leftovers are killed by uid).
+    async fn start(dir: tempfile::TempDir, uid_range: &str) -> Self {
+        // Plugin uids must be able to walk down to their folders.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("plugind.log"))
+            .unwrap();
         let port = free_port();
         let debug_port = free_port();
         std::fs::write(
@@ -73,9 +86,10 @@ impl Daemon {
             )
             .env("LOG_LEVEL", "info")
             .envs(SECRETS.iter().copied())
+            .env("PLUGIN_UID_RANGE", uid_range)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("plugind.log")).unwrap())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .kill_on_drop(true);
         if let Ok(python) = std::env::var("PYTHON312") {
             cmd.env("PYTHON_INTERPRETER_PATH", python);
@@ -180,7 +194,9 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let list = self.management(tenant, "list", None).await;
+        let list = self
+            .management(tenant, "list?page=1&page_size=100", None)
+            .await;
         let installation = list["data"]["list"]
             .as_array()
             .unwrap()
@@ -310,7 +326,7 @@ fn assert_refused(answer: &Value, what: &str) {
 
 #[tokio::test]
 async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
-    let daemon = Daemon::start(tempfile::tempdir().unwrap()).await;
+    let daemon = Daemon::start(tempfile::tempdir().unwrap(), "51000-51999").await;
     let (echo_id, _) = daemon.install(TENANT_A, "echo_tool").await;
     let (hostile_id, hostile_installation) = daemon.install(TENANT_B, "hostile_tool").await;
     assert_eq!(daemon.echo("before").await, "before");
@@ -406,7 +422,7 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
 
     if is_root() {
         let uid = who["uid"].as_u64().unwrap() as u32;
-        assert!((50_000..=59_999).contains(&uid), "plugin uid {uid}");
+        assert!((51_000..=51_999).contains(&uid), "plugin uid {uid}");
         assert_eq!(who["groups"], json!([uid]), "no supplementary groups");
         let echo_home = daemon
             .working()
@@ -465,7 +481,7 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
 
 #[tokio::test]
 async fn a_tampered_code_folder_is_unpacked_again_before_it_runs() {
-    let daemon = Daemon::start(tempfile::tempdir().unwrap()).await;
+    let daemon = Daemon::start(tempfile::tempdir().unwrap(), "52000-52999").await;
     let (echo_id, _) = daemon.install(TENANT_A, "echo_tool").await;
     assert_eq!(daemon.echo("x").await, "x");
     let dir = daemon.stop().await;
@@ -489,7 +505,7 @@ async fn a_tampered_code_folder_is_unpacked_again_before_it_runs() {
     )
     .unwrap();
 
-    let daemon = Daemon::start(dir).await;
+    let daemon = Daemon::start(dir, "52000-52999").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let answer = daemon

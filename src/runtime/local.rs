@@ -127,12 +127,14 @@ pub struct LocalHost {
 
 impl LocalHost {
     /// A host with explicit configuration.
-    /// Plugins get a clean environment, their own data folder and, as root,
-    /// their own uid; [`LocalHost::with_sandbox`] adds Landlock and limits.
+    /// Plugins get a clean environment and their own data folder, under the
+    /// caller's uid; [`LocalHost::with_sandbox`] adds uids, Landlock and
+    /// limits (as [`LocalHost::from_settings`] does for the daemon).
     pub fn new(env: PythonEnvConfig, options: LocalOptions, concurrent_launches: usize) -> Self {
         let sandbox = Sandbox::new(SandboxOptions {
             passthrough: vec![],
             uid_range: super::sandbox::DEFAULT_UID_RANGE,
+            own_uid: false,
             landlock: false,
             helper: None,
             build_home: std::env::temp_dir(),
@@ -178,6 +180,7 @@ impl LocalHost {
         let sandbox = Sandbox::new(SandboxOptions {
             passthrough: settings.plugin_env_passthrough.clone(),
             uid_range: settings.plugin_uid_range,
+            own_uid: true,
             landlock: settings.plugin_landlock_enabled,
             helper: super::sandbox::helper_binary(),
             build_home: working_path.join(".build-home"),

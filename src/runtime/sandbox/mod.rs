@@ -84,6 +84,10 @@ pub struct SandboxOptions {
     pub passthrough: Vec<String>,
     /// PLUGIN_UID_RANGE, inclusive.
     pub uid_range: (u32, u32),
+    /// Give each plugin a uid of its own when the daemon is root. Daemons
+    /// sharing a machine need disjoint ranges: a plugin's leftovers are
+    /// killed by uid.
+    pub own_uid: bool,
     /// PLUGIN_LANDLOCK_ENABLED.
     pub landlock: bool,
     /// The `plugind` binary that runs `sandbox-exec`; without it a plugin
@@ -135,7 +139,7 @@ impl Sandbox {
     /// Detects support and takes the environment allow-list from this
     /// process's environment.
     pub fn new(options: SandboxOptions) -> Self {
-        let own_uid = nix::unistd::geteuid().is_root();
+        let own_uid = options.own_uid && nix::unistd::geteuid().is_root();
         let landlock_abi = if options.landlock && options.helper.is_some() {
             landlock_abi()
         } else {
@@ -234,6 +238,12 @@ impl Sandbox {
             }
             std::os::unix::fs::chown(code_dir, Some(0), Some(uid))?;
             set_mode(code_dir, 0o750)?;
+            if let Some(closed) = working_path.ancestors().find(|d| !searchable_by_others(d)) {
+                return Err(std::io::Error::other(format!(
+                    "plugins run as their own uid and cannot enter {}: make it searchable by others (chmod o+x) or move PLUGIN_WORKING_PATH",
+                    closed.display()
+                )));
+            }
             Some(uid)
         } else {
             for dir in [&home, &tmp] {
@@ -302,9 +312,10 @@ impl Sandbox {
         }
     }
 
-    /// The uid owning `home`, or the lowest uid of the range no other
-    /// plugin folder owns. The folder's owner is the record: nothing else
-    /// has to be kept in step.
+    /// The uid owning `home`, or a uid of the range no other plugin folder
+    /// owns. The folder's owner is the record: nothing else has to be kept
+    /// in step. The search starts at a point given by the folder's path, so
+    /// two daemons that share a range by mistake rarely pick the same uid.
     fn allocate_uid(&self, data_root: &Path, home: &Path) -> std::io::Result<u32> {
         let _guard = self.allocate.lock().unwrap_or_else(|e| e.into_inner());
         let (lo, hi) = self.options.uid_range;
@@ -320,11 +331,18 @@ impl Sandbox {
                 used.insert(entry.metadata()?.uid());
             }
         }
-        let uid = (lo..=hi).find(|u| !used.contains(u)).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "PLUGIN_UID_RANGE {lo}-{hi} has no free uid left for another plugin"
-            ))
-        })?;
+        use sha2::Digest;
+        let size = u64::from(hi - lo) + 1;
+        let digest = sha2::Sha256::digest(home.as_os_str().as_encoded_bytes());
+        let start = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % size;
+        let uid = (0..size)
+            .map(|i| lo + ((start + i) % size) as u32)
+            .find(|u| !used.contains(u))
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "PLUGIN_UID_RANGE {lo}-{hi} has no free uid left for another plugin"
+                ))
+            })?;
         std::fs::create_dir_all(home)?;
         std::os::unix::fs::chown(home, Some(uid), Some(uid))?;
         Ok(uid)
@@ -500,6 +518,12 @@ pub fn helper_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+fn searchable_by_others(dir: &Path) -> bool {
+    std::fs::metadata(dir)
+        .map(|m| m.permissions().mode() & 0o001 != 0)
+        .unwrap_or(false)
+}
+
 /// True when a process of another uid (no shared group) can run `path`:
 /// every folder above it is searchable by others and the file is
 /// executable by others.
@@ -510,12 +534,7 @@ pub fn reachable_by_others(path: &Path) -> bool {
     let executable = std::fs::metadata(&real)
         .map(|m| m.permissions().mode() & 0o005 == 0o005)
         .unwrap_or(false);
-    executable
-        && real.ancestors().skip(1).all(|dir| {
-            std::fs::metadata(dir)
-                .map(|m| m.permissions().mode() & 0o001 != 0)
-                .unwrap_or(false)
-        })
+    executable && real.ancestors().skip(1).all(searchable_by_others)
 }
 
 #[cfg(test)]
@@ -526,6 +545,7 @@ mod tests {
         SandboxOptions {
             passthrough: vec![],
             uid_range: DEFAULT_UID_RANGE,
+            own_uid: true,
             landlock: true,
             helper: None,
             build_home: working.join(".build-home"),
@@ -536,6 +556,7 @@ mod tests {
     #[test]
     fn a_jail_has_its_own_home_and_a_clean_environment() {
         let tmp = tempfile::tempdir().unwrap();
+        set_mode(tmp.path(), 0o711).unwrap();
         let code = tmp.path().join("a_b_0.0.1@x");
         std::fs::create_dir_all(code.join(".venv/bin")).unwrap();
         let sandbox = Sandbox::new(options(tmp.path()));
@@ -562,6 +583,7 @@ mod tests {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
+        set_mode(tmp.path(), 0o711).unwrap();
         let sandbox = Sandbox::new(options(tmp.path()));
         let mut uids = Vec::new();
         for name in ["p1", "p2", "p1"] {
@@ -575,14 +597,11 @@ mod tests {
             assert_eq!((meta.uid(), meta.gid()), (0, jail.uid.unwrap()));
             assert_eq!(meta.permissions().mode() & 0o777, 0o750);
         }
-        assert_eq!(uids, [50_000, 50_001, 50_000]);
+        assert_ne!(uids[0], uids[1], "each plugin has its own uid");
+        assert_eq!(uids[0], uids[2], "a plugin keeps its uid");
+        assert!(uids.iter().all(|u| (50_000..=59_999).contains(u)));
         sandbox.remove_data(&tmp.path().join("p1")).unwrap();
-        let code = tmp.path().join("p3");
-        std::fs::create_dir_all(code.join(".venv")).unwrap();
-        let jail = sandbox
-            .prepare("p3", &code, &code.join(".venv"), None)
-            .unwrap();
-        assert_eq!(jail.uid, Some(50_000), "a freed uid is reused");
+        assert!(!tmp.path().join(".plugin-data/p1").exists());
     }
 
     #[test]
