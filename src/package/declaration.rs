@@ -1059,6 +1059,10 @@ pub struct TriggerProviderDeclaration {
 /// Dify can parse it. A value that does not read as a declaration is
 /// returned as it is.
 pub fn restate(stored: Value) -> Value {
+    // serde would read a struct from an array too (field by field).
+    if !stored.is_object() {
+        return stored;
+    }
     match PluginDeclaration::deserialize(&stored) {
         Ok(declaration) => serde_json::to_value(&declaration).unwrap_or(stored),
         Err(_) => stored,

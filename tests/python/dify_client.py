@@ -695,6 +695,46 @@ class DatasourceProviderEntity(BaseModel):
     provider_type: DatasourceProviderType
 
 
+class DatasourceParameter(PluginParameter):
+    class Type(StrEnum):
+        String = "string"
+        Number = "number"
+        Boolean = "boolean"
+        Select = "select"
+        SecretInput = "secret-input"
+        File = "file"
+        Files = "files"
+        SystemFiles = "system-files"
+
+    type: Type
+    description: I18nObject
+
+
+class DatasourceIdentity(BaseModel):
+    author: str
+    name: str
+    label: I18nObject
+    # Required: Dify's client stamps it before validating.
+    provider: str
+    icon: str | None = None
+
+
+class DatasourceEntity(BaseModel):
+    identity: DatasourceIdentity
+    parameters: list[DatasourceParameter] = Field(default_factory=list)
+    description: I18nObject
+    output_schema: dict[str, Any] | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters(cls, v):
+        return v or []
+
+
+class DatasourceProviderEntityWithPlugin(DatasourceProviderEntity):
+    datasources: list[DatasourceEntity] = Field(default_factory=list)
+
+
 # Triggers: Dify's `core/trigger/entities/entities.py`.
 
 
@@ -1088,6 +1128,41 @@ class EndpointEntityWithInstance(BasePluginEntity):
 
 class DebuggingKey(BaseModel):
     key: str
+
+
+class PluginDatasourceProviderEntity(BaseModel):
+    provider: str
+    plugin_unique_identifier: str
+    plugin_id: str
+    is_authorized: bool = False
+    declaration: DatasourceProviderEntityWithPlugin
+
+
+class PluginTriggerProviderEntity(BaseModel):
+    provider: str
+    plugin_unique_identifier: str
+    plugin_id: str
+    declaration: TriggerProviderEntity
+
+
+class EmbeddingUsage(BaseModel):
+    tokens: int
+    total_tokens: int
+    unit_price: Decimal
+    price_unit: Decimal
+    total_price: Decimal
+    currency: str
+    latency: float
+
+
+class EmbeddingResult(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    usage: EmbeddingUsage
+
+
+class PluginTextEmbeddingNumTokensResponse(BaseModel):
+    num_tokens: list[int]
 
 
 # Dify's default ENDPOINT_URL_TEMPLATE.
@@ -1713,3 +1788,104 @@ class DifyPluginClient:
         for resp in self._model_stream(tenant_id, "llm/num_tokens", PluginLLMNumTokensResponse, plugin_id, user_id, data):
             return resp.num_tokens
         return 0
+
+    def invoke_text_embedding(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, model: str, credentials: dict,
+        texts: list[str], input_type: str,
+    ) -> EmbeddingResult:
+        data = {
+            "provider": provider,
+            "model_type": "text-embedding",
+            "model": model,
+            "credentials": credentials,
+            "texts": texts,
+            "input_type": input_type,
+        }
+        for resp in self._model_stream(tenant_id, "text_embedding/invoke", EmbeddingResult, plugin_id, user_id, data):
+            return resp
+        raise ValueError("Failed to invoke text embedding")
+
+    def get_text_embedding_num_tokens(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, model: str, credentials: dict,
+        texts: list[str],
+    ) -> list[int]:
+        data = {"provider": provider, "model_type": "text-embedding", "model": model, "credentials": credentials, "texts": texts}
+        route = "text_embedding/num_tokens"
+        for resp in self._model_stream(tenant_id, route, PluginTextEmbeddingNumTokensResponse, plugin_id, user_id, data):
+            return resp.num_tokens
+        return []
+
+    # --- assets (Dify's PluginAssetManager) ----------------------------------------------------
+
+    def fetch_asset(self, tenant_id: str, asset_id: str) -> bytes:
+        response = self.request("GET", f"plugin/{tenant_id}/asset/{asset_id}")
+        if response.status_code != 200:
+            raise ValueError(f"can not found asset {asset_id}")
+        return response.content
+
+    # --- datasources and triggers: the listings (Dify's PluginDatasourceManager, PluginTriggerClient)
+
+    def fetch_installed_datasource_providers(self, tenant_id: str) -> list[PluginDatasourceProviderEntity]:
+        def transformer(body: dict) -> dict:
+            for provider in body.get("data") or []:
+                declaration = provider.get("declaration", {}) or {}
+                name = declaration.get("identity", {}).get("name")
+                for datasource in declaration.get("datasources", []):
+                    datasource["identity"]["provider"] = name
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/datasources",
+            list[PluginDatasourceProviderEntity],
+            params={"page": 1, "page_size": 256},
+            transformer=transformer,
+        )
+
+    def fetch_datasource_provider(self, tenant_id: str, plugin_id: str, provider: str) -> PluginDatasourceProviderEntity:
+        def transformer(body: dict) -> dict:
+            data = body.get("data")
+            if data:
+                for datasource in data.get("declaration", {}).get("datasources", []):
+                    datasource["identity"]["provider"] = provider
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/datasource",
+            PluginDatasourceProviderEntity,
+            params={"provider": provider, "plugin_id": plugin_id},
+            transformer=transformer,
+        )
+
+    def fetch_trigger_providers(self, tenant_id: str) -> list[PluginTriggerProviderEntity]:
+        def transformer(body: dict) -> dict:
+            for provider in body.get("data", []):
+                declaration = provider.get("declaration", {}) or {}
+                for event in declaration.get("events", []):
+                    event["identity"]["provider"] = provider.get("plugin_id") + "/" + provider.get("provider")
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/triggers",
+            list[PluginTriggerProviderEntity],
+            params={"page": 1, "page_size": 256},
+            transformer=transformer,
+        )
+
+    def fetch_trigger_provider(self, tenant_id: str, plugin_id: str, provider: str) -> PluginTriggerProviderEntity:
+        def transformer(body: dict) -> dict:
+            data = body.get("data")
+            if data:
+                for event in data.get("declaration", {}).get("events", []):
+                    event["identity"]["provider"] = f"{plugin_id}/{provider}"
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/trigger",
+            PluginTriggerProviderEntity,
+            params={"provider": provider, "plugin_id": plugin_id},
+            transformer=transformer,
+        )

@@ -24,6 +24,7 @@ from dify_client import (
     ModelPropertyKey,
     ModelType,
     PluginCategory,
+    PluginInvokeError,
 )
 from fake_openai import FakeOpenAI
 from sdk_plugin import FIXTURES
@@ -358,3 +359,74 @@ def test_upstream_failure_reaches_dify_typed(client, oai_tenant):
     # The SDK maps the refused connection to InvokeServerUnavailableError; Dify re-raises it by that name.
     with pytest.raises(InvokeServerUnavailableError):
         list(client.invoke_llm(oai_tenant, USER, plugin_id, provider, "gpt-x", dead, prompt("x"), model_parameters={}))
+
+
+def test_text_embedding_and_its_token_counts(client, oai_tenant):
+    plugin_id, provider = "plugind/echo_model", "echo_model"
+    result = client.invoke_text_embedding(
+        oai_tenant, USER, plugin_id, provider, "echo-embedding", {"api_key": "k"}, ["a b"], "document"
+    )
+    assert result.model == "echo-embedding" and len(result.embeddings) == 1 and len(result.embeddings[0]) == 8
+    assert result.usage.tokens == 2
+    counts = client.get_text_embedding_num_tokens(
+        oai_tenant, USER, plugin_id, provider, "echo-embedding", {"api_key": "k"}, ["a b", "c"]
+    )
+    assert counts == [2, 1]
+
+
+# --- PluginToolManager: credentials ------------------------------------------------------------
+
+
+def test_tool_provider_credentials(client, tool_tenant):
+    tenant, _ = tool_tenant
+    assert client.validate_tool_credentials(tenant, USER, "plugind/echo_tool", "echo_tool", {"api_key": "good"}) is True
+    with pytest.raises(PluginInvokeError, match="api_key is bad"):
+        client.validate_tool_credentials(tenant, USER, "plugind/echo_tool", "echo_tool", {"api_key": "bad"})
+
+
+# --- PluginAssetManager ------------------------------------------------------------------------
+
+
+def test_fetch_asset_of_a_listed_icon(client, tool_tenant):
+    tenant, _ = tool_tenant
+    (plugin,) = client.list_plugins(tenant)
+    icon = client.fetch_asset(tenant, plugin.declaration.icon)
+    assert icon == (FIXTURES / "echo_tool" / "_assets" / "icon.svg").read_bytes()
+    with pytest.raises(ValueError, match="can not found asset"):
+        client.fetch_asset(tenant, "0" * 64)
+
+
+# --- datasource and trigger declarations, as Dify lists them -----------------------------------
+
+
+def test_datasource_providers_are_listed_as_dify_parses_them(client, tmp_path_factory):
+    tenant = new_tenant()
+    upload_and_install(client, tenant, fixture_package("echo_datasource", tmp_path_factory.mktemp("datasource")))
+    (provider,) = client.fetch_installed_datasource_providers(tenant)
+    assert provider.plugin_id == "plugind/echo_datasource"
+    declaration = provider.declaration
+    assert declaration.identity.name == provider.provider
+    assert [c.name for c in declaration.credentials_schema] == ["api_key"]
+    assert declaration.datasources and all(d.identity.provider == provider.provider for d in declaration.datasources)
+    single = client.fetch_datasource_provider(tenant, provider.plugin_id, provider.provider)
+    assert single.declaration.provider_type == declaration.provider_type
+    (plugin,) = client.list_plugins(tenant)
+    assert plugin.declaration.category == PluginCategory.Datasource
+    assert plugin.declaration.datasource.identity.name == provider.provider
+
+
+def test_trigger_providers_are_listed_as_dify_parses_them(client, tmp_path_factory):
+    tenant = new_tenant()
+    upload_and_install(client, tenant, fixture_package("echo_trigger", tmp_path_factory.mktemp("trigger")))
+    (provider,) = client.fetch_trigger_providers(tenant)
+    assert (provider.plugin_id, provider.provider) == ("plugind/echo_trigger", "echo_trigger")
+    declaration = provider.declaration
+    assert [s.name for s in declaration.subscription_schema] == ["webhook_id"]
+    constructor = declaration.subscription_constructor
+    assert [p.name for p in constructor.parameters] == ["channel"]
+    assert [c.name for c in constructor.credentials_schema] == ["api_key"]
+    assert [e.identity.name for e in declaration.events] == ["ping"]
+    single = client.fetch_trigger_provider(tenant, "plugind/echo_trigger", "echo_trigger")
+    assert single.declaration.events[0].identity.provider == "plugind/echo_trigger/echo_trigger"
+    (plugin,) = client.list_plugins(tenant)
+    assert plugin.declaration.category == PluginCategory.Trigger
