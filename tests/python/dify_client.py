@@ -1165,6 +1165,20 @@ class PluginTextEmbeddingNumTokensResponse(BaseModel):
     num_tokens: list[int]
 
 
+class PluginOAuthAuthorizationUrlResponse(BaseModel):
+    authorization_url: str
+
+
+class PluginOAuthCredentialsResponse(BaseModel):
+    metadata: Mapping[str, Any] = Field(default_factory=dict)
+    expires_at: int = -1
+    credentials: Mapping[str, Any]
+
+
+class PluginDynamicSelectOptionsResponse(BaseModel):
+    options: list[ParameterOption]
+
+
 # Dify's default ENDPOINT_URL_TEMPLATE.
 ENDPOINT_URL_TEMPLATE = "http://localhost:5002/e/{hook_id}"
 
@@ -1889,3 +1903,62 @@ class DifyPluginClient:
             params={"provider": provider, "plugin_id": plugin_id},
             transformer=transformer,
         )
+
+    # --- OAuth and dynamic select (Dify's OAuthHandler, DynamicSelectClient) -------------------
+
+    def _first(self, tenant_id: str, route: str, type_: Any, plugin_id: str, user_id: str, data: dict):
+        for resp in self.request_with_response_stream(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/{route}",
+            type_,
+            data={"user_id": user_id, "data": data},
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        ):
+            return resp
+        raise ValueError(f"no response from the plugin daemon for {route}")
+
+    def get_authorization_url(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, redirect_uri: str, system_credentials: dict
+    ) -> PluginOAuthAuthorizationUrlResponse:
+        data = {"provider": provider, "redirect_uri": redirect_uri, "system_credentials": system_credentials}
+        route = "oauth/get_authorization_url"
+        return self._first(tenant_id, route, PluginOAuthAuthorizationUrlResponse, plugin_id, user_id, data)
+
+    def get_oauth_credentials(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, redirect_uri: str, system_credentials: dict,
+        raw_request: bytes,
+    ) -> PluginOAuthCredentialsResponse:
+        data = {
+            "provider": provider,
+            "redirect_uri": redirect_uri,
+            "system_credentials": system_credentials,
+            "raw_http_request": raw_request.hex(),
+        }
+        return self._first(tenant_id, "oauth/get_credentials", PluginOAuthCredentialsResponse, plugin_id, user_id, data)
+
+    def refresh_oauth_credentials(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, redirect_uri: str, system_credentials: dict,
+        credentials: dict,
+    ) -> PluginOAuthCredentialsResponse:
+        data = {
+            "provider": provider,
+            "redirect_uri": redirect_uri,
+            "system_credentials": system_credentials,
+            "credentials": credentials,
+        }
+        route = "oauth/refresh_credentials"
+        return self._first(tenant_id, route, PluginOAuthCredentialsResponse, plugin_id, user_id, data)
+
+    def fetch_dynamic_select_options(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, action: str, credentials: dict,
+        credential_type: str, parameter: str,
+    ) -> PluginDynamicSelectOptionsResponse:
+        data = {
+            "provider": provider,
+            "credentials": credentials,
+            "credential_type": credential_type,
+            "provider_action": action,
+            "parameter": parameter,
+        }
+        route = "dynamic_select/fetch_parameter_options"
+        return self._first(tenant_id, route, PluginDynamicSelectOptionsResponse, plugin_id, user_id, data)

@@ -430,3 +430,39 @@ def test_trigger_providers_are_listed_as_dify_parses_them(client, tmp_path_facto
     assert single.declaration.events[0].identity.provider == "plugind/echo_trigger/echo_trigger"
     (plugin,) = client.list_plugins(tenant)
     assert plugin.declaration.category == PluginCategory.Trigger
+
+
+# --- OAuthHandler and DynamicSelectClient ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extras_tenant(client, tmp_path_factory):
+    tenant = new_tenant()
+    upload_and_install(client, tenant, fixture_package("echo_extras", tmp_path_factory.mktemp("extras")))
+    return tenant
+
+
+EXTRAS = ("plugind/echo_extras", "echo_extras")
+REDIRECT = "https://dify.example/callback"
+
+
+def test_oauth_authorization_credentials_and_refresh(client, extras_tenant):
+    plugin_id, provider = EXTRAS
+    system = {"client_id": "cid"}
+    url = client.get_authorization_url(extras_tenant, USER, plugin_id, provider, REDIRECT, system).authorization_url
+    assert url.startswith("https://auth.example/authorize?") and "client_id=cid" in url
+    raw = b"GET /callback?code=abc HTTP/1.1\r\nHost: dify.example\r\n\r\n"
+    got = client.get_oauth_credentials(extras_tenant, USER, plugin_id, provider, REDIRECT, system, raw)
+    assert got.credentials["access_token"] == "token-abc" and got.expires_at == 1700000000
+    refreshed = client.refresh_oauth_credentials(
+        extras_tenant, USER, plugin_id, provider, REDIRECT, system, dict(got.credentials)
+    )
+    assert refreshed.credentials["access_token"] == "token-abc-refreshed" and refreshed.expires_at == 1800000000
+
+
+def test_dynamic_select_options(client, extras_tenant):
+    plugin_id, provider = EXTRAS
+    options = client.fetch_dynamic_select_options(
+        extras_tenant, USER, plugin_id, provider, "pick", {"api_key": "k1"}, "api-key", "choice"
+    ).options
+    assert [o.value for o in options] == ["red", "green", "key-k1"]
