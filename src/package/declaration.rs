@@ -6,7 +6,14 @@
 //! Go's `encoding/json` writes every field that lacks `omitempty`, nil slices
 //! and pointers as `null`; the types below reproduce that with `Option`
 //! (serialized as `null`) and `skip_serializing_if` only where the reference
-//! says `omitempty`.
+//! says `omitempty`. Lists the reference defaults to `[]` when it decodes a
+//! declaration (`show_on`, `options`, `credential_form_schemas`, `tools`, …)
+//! are plain `Vec`s that read `null` as empty. So are the few lists and maps
+//! the reference leaves `null` although Dify's models require a list or a
+//! dict there (endpoint `settings`, OAuth schemas, `model_properties`, the
+//! model provider's `supported_model_types` and `configurate_methods`): Dify
+//! could not read the `null`, so nothing depends on it. Every other optional
+//! list stays `null`, which Dify reads as "none".
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -398,6 +405,10 @@ where
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+fn null_as_empty_map<'de, D: Deserializer<'de>>(d: D) -> Result<JsonMap, D::Error> {
+    Ok(Option::<JsonMap>::deserialize(d)?.unwrap_or_default())
+}
+
 fn is_empty_map(m: &Option<JsonMap>) -> bool {
     m.as_ref().is_none_or(|m| m.is_empty())
 }
@@ -504,11 +515,17 @@ pub struct ProviderConfig {
 }
 
 /// OAuth client and credential fields.
+///
+/// Both lists are written as `[]` when empty: the reference writes `null`
+/// for a missing one, which Dify's `OAuthSchema` (lists, not optional)
+/// rejects, so no client depends on the `null`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OAuthSchema {
-    pub client_schema: Option<Vec<ProviderConfig>>,
-    pub credentials_schema: Option<Vec<ProviderConfig>>,
+    #[serde(deserialize_with = "null_as_empty")]
+    pub client_schema: Vec<ProviderConfig>,
+    #[serde(deserialize_with = "null_as_empty")]
+    pub credentials_schema: Vec<ProviderConfig>,
 }
 
 /// One option of a tool, datasource or agent parameter.
@@ -634,7 +651,10 @@ pub struct EndpointDeclaration {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EndpointProviderDeclaration {
-    pub settings: Option<Vec<ProviderConfig>>,
+    /// `[]` for a group without settings. The reference writes `null`, which
+    /// Dify's `EndpointProviderDeclaration.settings` (a list) rejects.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub settings: Vec<ProviderConfig>,
     pub endpoints: Option<Vec<EndpointDeclaration>>,
 }
 
@@ -683,7 +703,10 @@ pub struct ModelDeclaration {
     pub model_type: String,
     pub features: Option<Vec<String>>,
     pub fetch_from: String,
-    pub model_properties: Option<JsonMap>,
+    /// `{}` when the model file has none. The reference writes `null`, which
+    /// Dify's `AIModelEntity.model_properties` (a dict) rejects.
+    #[serde(deserialize_with = "null_as_empty_map")]
+    pub model_properties: JsonMap,
     pub deprecated: bool,
     #[serde(deserialize_with = "null_as_empty")]
     pub parameter_rules: Vec<ModelParameterRule>,
@@ -706,7 +729,10 @@ pub struct ModelProviderFormOption {
     pub label: I18nObject,
     #[serde(deserialize_with = "lenient::string")]
     pub value: String,
-    pub show_on: Option<Vec<ModelProviderFormShowOnObject>>,
+    /// `[]` when absent, as the reference's `UnmarshalYAML`/`UnmarshalJSON`
+    /// default it: Dify's `FormOption.show_on` is a list, not optional.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub show_on: Vec<ModelProviderFormShowOnObject>,
 }
 
 /// One model credential form field.
@@ -720,12 +746,17 @@ pub struct ModelProviderCredentialFormSchema {
     pub required: bool,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub default: Option<String>,
-    pub options: Option<Vec<ModelProviderFormOption>>,
+    /// `[]` when absent, as in the reference (`model_declaration.go`).
+    #[serde(deserialize_with = "null_as_empty")]
+    pub options: Vec<ModelProviderFormOption>,
     pub help: Option<I18nObject>,
     pub url: Option<String>,
     pub placeholder: Option<I18nObject>,
     pub max_length: i64,
-    pub show_on: Option<Vec<ModelProviderFormShowOnObject>>,
+    /// `[]` when absent, as in the reference: Dify's
+    /// `CredentialFormSchema.show_on` is a list, not optional.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub show_on: Vec<ModelProviderFormShowOnObject>,
 }
 
 /// `provider_credential_schema`.
@@ -807,8 +838,13 @@ pub struct ModelProviderDeclaration {
     pub icon_large_dark: Option<I18nObject>,
     pub background: Option<String>,
     pub help: Option<ModelProviderHelpEntity>,
-    pub supported_model_types: Option<Vec<String>>,
-    pub configurate_methods: Option<Vec<String>>,
+    /// `[]` when absent: the reference writes `null` (and refuses such a
+    /// package at validation), Dify's `ProviderEntity` needs a list.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub supported_model_types: Vec<String>,
+    /// As `supported_model_types`.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub configurate_methods: Vec<String>,
     pub provider_credential_schema: Option<ModelProviderCredentialSchema>,
     pub model_credential_schema: Option<ModelCredentialSchema>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1017,6 +1053,22 @@ pub struct TriggerProviderDeclaration {
     pub events: Vec<EventDeclaration>,
 }
 
+/// A stored declaration in the shape this version writes. Declarations are
+/// stored as JSON once, at upload; one stored before a list default existed
+/// (a model form field's `show_on: null`, …) reads back with the default, so
+/// Dify can parse it. A value that does not read as a declaration is
+/// returned as it is.
+pub fn restate(stored: Value) -> Value {
+    // serde would read a struct from an array too (field by field).
+    if !stored.is_object() {
+        return stored;
+    }
+    match PluginDeclaration::deserialize(&stored) {
+        Ok(declaration) => serde_json::to_value(&declaration).unwrap_or(stored),
+        Err(_) => stored,
+    }
+}
+
 /// Languages a readme may be written in, by file name
 /// (`readme/README_<lang>.md`, reference `decoder/helper.go`).
 pub type Readmes = BTreeMap<String, String>;
@@ -1062,6 +1114,100 @@ mod tests {
             serde_json::to_string(&text).unwrap(),
             r#"{"en_US":"Hi","zh_Hans":"你好"}"#
         );
+    }
+
+    #[test]
+    fn model_form_lists_default_to_empty() {
+        // openai_api_compatible's shape: options without show_on, a field
+        // without options or show_on.
+        let schema: ModelCredentialSchema = serde_yaml::from_str(
+            "model: {label: {en_US: Model}}\n\
+             credential_form_schemas:\n\
+             - variable: mode\n  label: {en_US: Mode}\n  type: select\n  options:\n\
+             \x20 - {value: chat, label: {en_US: Chat}}\n\
+             - variable: api_key\n  label: {en_US: Key}\n  type: secret-input\n",
+        )
+        .unwrap();
+        let json = serde_json::to_value(&schema).unwrap();
+        let fields = json["credential_form_schemas"].as_array().unwrap();
+        assert_eq!(fields[0]["show_on"], serde_json::json!([]));
+        assert_eq!(fields[0]["options"][0]["show_on"], serde_json::json!([]));
+        assert_eq!(fields[1]["options"], serde_json::json!([]));
+        assert_eq!(fields[1]["show_on"], serde_json::json!([]));
+        // And `null`, as an earlier version stored it, reads as empty too.
+        let field: ModelProviderCredentialFormSchema = serde_json::from_value(serde_json::json!({
+            "variable": "v", "label": {"en_US": "V"}, "type": "select",
+            "options": [{"value": "a", "label": {"en_US": "A"}, "show_on": null}],
+            "show_on": null,
+        }))
+        .unwrap();
+        assert!(field.show_on.is_empty() && field.options[0].show_on.is_empty());
+    }
+
+    #[test]
+    fn lists_dify_requires_are_never_null() {
+        let provider: ModelProviderDeclaration =
+            serde_yaml::from_str("provider: p\nlabel: {en_US: P}\n").unwrap();
+        let json = serde_json::to_value(&provider).unwrap();
+        assert_eq!(json["supported_model_types"], serde_json::json!([]));
+        assert_eq!(json["configurate_methods"], serde_json::json!([]));
+        assert_eq!(json["models"], serde_json::json!([]));
+
+        let model: ModelDeclaration =
+            serde_yaml::from_str("model: m\nmodel_type: llm\nmodel_properties: null\n").unwrap();
+        let json = serde_json::to_value(&model).unwrap();
+        assert_eq!(json["model_properties"], serde_json::json!({}));
+        // Optional lists Dify reads as "none" stay null, as in the reference.
+        assert_eq!(json["features"], Value::Null);
+
+        let endpoint: EndpointProviderDeclaration =
+            serde_yaml::from_str("settings: null\n").unwrap();
+        assert_eq!(
+            serde_json::to_value(&endpoint).unwrap()["settings"],
+            serde_json::json!([])
+        );
+
+        let oauth: OAuthSchema = serde_yaml::from_str("client_schema: null\n").unwrap();
+        assert_eq!(
+            serde_json::to_value(&oauth).unwrap(),
+            serde_json::json!({"client_schema": [], "credentials_schema": []})
+        );
+    }
+
+    #[test]
+    fn restate_fills_defaults_into_an_old_stored_declaration() {
+        let stored = serde_json::json!({
+            "version": "0.0.1", "type": "plugin", "author": "a", "name": "m",
+            "label": {"en_US": "M"}, "description": {"en_US": "M"}, "icon": "i",
+            "created_at": "2024-01-01T00:00:00Z", "tags": null, "verified": true,
+            "model": {
+                "provider": "m", "label": {"en_US": "M"},
+                "supported_model_types": ["llm"], "configurate_methods": ["customizable-model"],
+                "model_credential_schema": {
+                    "model": {"label": {"en_US": "Model"}},
+                    "credential_form_schemas": [{
+                        "variable": "mode", "label": {"en_US": "Mode"}, "type": "select",
+                        "options": [{"value": "chat", "label": {"en_US": "Chat"}, "show_on": null}],
+                        "show_on": null,
+                    }],
+                },
+                "models": [],
+            },
+        });
+        let restated = restate(stored.clone());
+        let field = &restated["model"]["model_credential_schema"]["credential_form_schemas"][0];
+        assert_eq!(field["show_on"], serde_json::json!([]));
+        assert_eq!(field["options"][0]["show_on"], serde_json::json!([]));
+        assert_eq!(restated["tags"], serde_json::json!([]));
+        assert_eq!(restated["verified"], Value::Bool(true));
+        assert_eq!(
+            restated["model"]["supported_model_types"],
+            stored["model"]["supported_model_types"]
+        );
+        // What this version wrote reads back unchanged.
+        assert_eq!(restate(restated.clone()), restated);
+        // Anything else is left alone.
+        assert_eq!(restate(serde_json::json!([1])), serde_json::json!([1]));
     }
 
     #[test]

@@ -584,6 +584,21 @@ pub fn validate(dec: &PluginDeclaration) -> Result<(), PackageError> {
             )));
         }
     }
+    // The reference's `parameter_rule` check: a rule without a template
+    // names its own type. Dify's `ParameterRule.type` is required, so one
+    // such rule would make Dify reject every listing that carries it.
+    for model in d.model.iter().flat_map(|m| &m.models) {
+        if let Some(rule) = model
+            .parameter_rules
+            .iter()
+            .find(|r| r.use_template.is_none() && r.parameter_type.is_none())
+        {
+            return Err(invalid(format!(
+                "model {:?}: parameter rule {:?} needs a type or a use_template",
+                model.model, rule.name
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -725,6 +740,26 @@ meta:
         assert_eq!(model.description.as_ref().unwrap().en_us, "A demo");
         validate(&dec).unwrap();
         check_assets(&dec, pkg.as_slice()).unwrap();
+    }
+
+    #[test]
+    fn a_parameter_rule_needs_a_type_or_a_template() {
+        let pkg = |rule: &str| {
+            files(&[
+                ("manifest.yaml", MANIFEST),
+                (
+                    "provider/m.yaml",
+                    &format!("provider: m\nlabel: {{en_US: M}}\nmodels:\n  - model: x\n    model_type: llm\n    parameter_rules: [{rule}]\n"),
+                ),
+            ])
+        };
+        let dec = resolve(pkg("{name: t, use_template: temperature}").as_slice()).unwrap();
+        validate(&dec).unwrap();
+        let dec = resolve(pkg("{name: n, type: int}").as_slice()).unwrap();
+        validate(&dec).unwrap();
+        let dec = resolve(pkg("{name: n}").as_slice()).unwrap();
+        let err = validate(&dec).unwrap_err().to_string();
+        assert!(err.contains("parameter rule \"n\""), "{err}");
     }
 
     #[test]

@@ -375,10 +375,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(Some(parse_json(
+            // Rows written by an earlier version get today's list defaults.
+            return Ok(Some(crate::package::declaration::restate(parse_json(
                 "declaration",
                 row.try_get("declaration")?,
-            )?));
+            )?)));
         }
         let row = sqlx::query(
             "SELECT remote_declaration FROM plugins WHERE plugin_unique_identifier = $1 AND install_type = 'remote'",

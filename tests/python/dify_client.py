@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -245,19 +246,172 @@ class PluginResourceRequirements(BaseModel):
     permission: dict[str, Any] | None = None
 
 
+# Shared schema pieces: Dify's `core/entities/provider_entities.py` (ProviderConfig),
+# `core/plugin/entities/parameters.py` and `oauth.py`.
+
+
+class ProviderConfigType(StrEnum):
+    SecretInput = "secret-input"
+    TextInput = "text-input"
+    Select = "select"
+    Boolean = "boolean"
+    AppSelector = "app-selector"
+    ModelSelector = "model-selector"
+    ToolsSelector = "tools-selector"
+
+
+class ProviderConfigOption(BaseModel):
+    value: str
+    label: I18nObject
+
+
+class ProviderConfig(BaseModel):
+    type: ProviderConfigType
+    name: str
+    scope: str | None = None
+    required: bool = False
+    default: int | str | float | bool | None = None
+    options: list[ProviderConfigOption] | None = None
+    multiple: bool | None = False
+    label: I18nObject | None = None
+    help: I18nObject | None = None
+    url: str | None = None
+    placeholder: I18nObject | None = None
+
+
+class OAuthSchema(BaseModel):
+    # Lists, not optional: `null` here is a validation error in Dify.
+    client_schema: list[ProviderConfig] = Field(default_factory=list)
+    credentials_schema: list[ProviderConfig] = Field(default_factory=list)
+
+
+class ParameterOption(BaseModel):
+    value: str
+    label: I18nObject
+    icon: str | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_as_text(cls, v):
+        # Dify turns numeric option values into strings.
+        return v if isinstance(v, str) else str(v)
+
+
+class ParameterAutoGenerate(BaseModel):
+    class Type(StrEnum):
+        PromptInstruction = "prompt_instruction"
+
+    type: Type
+
+
+class ParameterTemplate(BaseModel):
+    enabled: bool = False
+
+
+class PluginParameter(BaseModel):
+    name: str
+    label: I18nObject
+    placeholder: I18nObject | None = None
+    scope: str | None = None
+    auto_generate: ParameterAutoGenerate | None = None
+    template: ParameterTemplate | None = None
+    required: bool = False
+    default: float | int | str | bool | list | dict | None = None
+    min: float | int | None = None
+    max: float | int | None = None
+    precision: int | None = None
+    options: list[ParameterOption] = Field(default_factory=list)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options_list(cls, v):
+        # Dify reads anything but a list (null included) as no options.
+        return v if isinstance(v, list) else []
+
+
+# Tools: Dify's `core/tools/entities/tool_entities.py`.
+
+
+class ToolLabel(StrEnum):
+    Search = "search"
+    Image = "image"
+    Videos = "videos"
+    Weather = "weather"
+    Finance = "finance"
+    Design = "design"
+    Travel = "travel"
+    Social = "social"
+    News = "news"
+    Medical = "medical"
+    Productivity = "productivity"
+    Education = "education"
+    Business = "business"
+    Entertainment = "entertainment"
+    Utilities = "utilities"
+    Rag = "rag"
+    Other = "other"
+
+
+class ToolParameter(PluginParameter):
+    class Type(StrEnum):
+        String = "string"
+        Number = "number"
+        Boolean = "boolean"
+        Select = "select"
+        SecretInput = "secret-input"
+        File = "file"
+        Files = "files"
+        Checkbox = "checkbox"
+        AppSelector = "app-selector"
+        ModelSelector = "model-selector"
+        Any = "any"
+        DynamicSelect = "dynamic-select"
+        Array = "array"
+        Object = "object"
+        SystemFiles = "system-files"
+
+    class Form(StrEnum):
+        Schema = "schema"
+        Form = "form"
+        Llm = "llm"
+
+    type: Type
+    human_description: I18nObject | None = None
+    form: Form
+    llm_description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
 class ToolIdentity(BaseModel):
     author: str
     name: str
     label: I18nObject
-    provider: str | None = None
+    # Required: Dify's client stamps it before validating (see fetch_tool_providers).
+    provider: str
+    icon: str | None = None
+
+
+class ToolDescription(BaseModel):
+    human: I18nObject
+    llm: str
 
 
 class ToolEntity(BaseModel):
     identity: ToolIdentity
-    parameters: list[dict[str, Any]] = Field(default_factory=list)
-    description: dict[str, Any] | None = None
-    output_schema: Mapping[str, Any] | None = None
+    parameters: list[ToolParameter] = Field(default_factory=list)
+    description: ToolDescription | None = None
+    output_schema: Mapping[str, Any] = Field(default_factory=dict)
     has_runtime_parameters: bool = False
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters(cls, v):
+        return v or []
+
+    @field_validator("output_schema", mode="before")
+    @classmethod
+    def _output_schema(cls, v):
+        return v or {}
 
 
 class ToolProviderIdentity(BaseModel):
@@ -267,60 +421,399 @@ class ToolProviderIdentity(BaseModel):
     icon: str
     icon_dark: str | None = None
     label: I18nObject
-    tags: list[str] | None = Field(default_factory=list)
+    tags: list[ToolLabel] | None = Field(default_factory=list)
 
 
 class ToolProviderEntity(BaseModel):
     identity: ToolProviderIdentity
     plugin_id: str | None = None
-    credentials_schema: list[dict[str, Any]] = Field(default_factory=list)
-    oauth_schema: dict[str, Any] | None = None
+    credentials_schema: list[ProviderConfig] = Field(default_factory=list)
+    oauth_schema: OAuthSchema | None = None
 
 
 class ToolProviderEntityWithPlugin(ToolProviderEntity):
     tools: list[ToolEntity] = Field(default_factory=list)
 
 
+# Models: graphon's `model_runtime/entities/model_entities.py` and `provider_entities.py`
+# (graphon 0.3, the version Dify 1.14 pins).
+
+
+class ModelType(StrEnum):
+    Llm = "llm"
+    TextEmbedding = "text-embedding"
+    Rerank = "rerank"
+    Speech2text = "speech2text"
+    Moderation = "moderation"
+    Tts = "tts"
+
+
+class FetchFrom(StrEnum):
+    PredefinedModel = "predefined-model"
+    CustomizableModel = "customizable-model"
+
+
+class ModelFeature(StrEnum):
+    ToolCall = "tool-call"
+    MultiToolCall = "multi-tool-call"
+    AgentThought = "agent-thought"
+    Vision = "vision"
+    StreamToolCall = "stream-tool-call"
+    Document = "document"
+    Video = "video"
+    Audio = "audio"
+    StructuredOutput = "structured-output"
+
+
+class ParameterType(StrEnum):
+    Float = "float"
+    Int = "int"
+    String = "string"
+    Boolean = "boolean"
+    Text = "text"
+
+
+class ModelPropertyKey(StrEnum):
+    Mode = "mode"
+    ContextSize = "context_size"
+    MaxChunks = "max_chunks"
+    FileUploadLimit = "file_upload_limit"
+    SupportedFileExtensions = "supported_file_extensions"
+    MaxCharactersPerChunk = "max_characters_per_chunk"
+    DefaultVoice = "default_voice"
+    Voices = "voices"
+    WordLimit = "word_limit"
+    AudioType = "audio_type"
+    MaxWorkers = "max_workers"
+
+
+class ParameterRule(BaseModel):
+    name: str
+    use_template: str | None = None
+    label: I18nObject
+    type: ParameterType
+    help: I18nObject | None = None
+    required: bool = False
+    default: Any | None = None
+    min: float | None = None
+    max: float | None = None
+    precision: int | None = None
+    options: list[str] = Field(default_factory=list)
+
+
+class PriceConfig(BaseModel):
+    input: Decimal
+    output: Decimal | None = None
+    unit: Decimal
+    currency: str
+
+
 class AIModelEntity(BaseModel):
     model: str
     label: I18nObject
-    model_type: str
-    features: list[str] | None = None
-    fetch_from: str
-    model_properties: dict[str, Any]
+    model_type: ModelType
+    features: list[ModelFeature] | None = None
+    fetch_from: FetchFrom
+    # A dict, not optional.
+    model_properties: dict[ModelPropertyKey, Any]
     deprecated: bool = False
-    parameter_rules: list[dict[str, Any]] = Field(default_factory=list)
-    pricing: dict[str, Any] | None = None
+    parameter_rules: list[ParameterRule] = Field(default_factory=list)
+    pricing: PriceConfig | None = None
 
     model_config = ConfigDict(protected_namespaces=())
+
+
+class FormType(StrEnum):
+    TextInput = "text-input"
+    SecretInput = "secret-input"
+    Select = "select"
+    Radio = "radio"
+    Switch = "switch"
+
+
+class FormShowOnObject(BaseModel):
+    variable: str
+    value: str
+
+
+class FormOption(BaseModel):
+    label: I18nObject
+    value: str
+    # A list with a default: absent is fine, `null` is a validation error.
+    show_on: list[FormShowOnObject] = Field(default_factory=list)
+
+
+class CredentialFormSchema(BaseModel):
+    variable: str
+    label: I18nObject
+    type: FormType
+    required: bool = True
+    default: str | None = None
+    options: list[FormOption] | None = None
+    placeholder: I18nObject | None = None
+    max_length: int = 0
+    show_on: list[FormShowOnObject] = Field(default_factory=list)
+
+
+class ProviderCredentialSchema(BaseModel):
+    credential_form_schemas: list[CredentialFormSchema]
+
+
+class FieldModelSchema(BaseModel):
+    label: I18nObject
+    placeholder: I18nObject | None = None
+
+
+class ModelCredentialSchema(BaseModel):
+    model: FieldModelSchema
+    credential_form_schemas: list[CredentialFormSchema]
+
+
+class ProviderHelpEntity(BaseModel):
+    title: I18nObject
+    url: I18nObject
+
+
+class ConfigurateMethod(StrEnum):
+    PredefinedModel = "predefined-model"
+    CustomizableModel = "customizable-model"
 
 
 class ProviderEntity(BaseModel):
     provider: str
+    provider_name: str = ""
     label: I18nObject
     description: I18nObject | None = None
     icon_small: I18nObject | None = None
-    icon_large: I18nObject | None = None
+    icon_small_dark: I18nObject | None = None
     background: str | None = None
-    help: dict[str, Any] | None = None
-    supported_model_types: list[str]
-    configurate_methods: list[str]
+    help: ProviderHelpEntity | None = None
+    supported_model_types: list[ModelType]
+    configurate_methods: list[ConfigurateMethod]
     models: list[AIModelEntity] = Field(default_factory=list)
-    provider_credential_schema: dict[str, Any] | None = None
-    model_credential_schema: dict[str, Any] | None = None
+    provider_credential_schema: ProviderCredentialSchema | None = None
+    model_credential_schema: ModelCredentialSchema | None = None
+    position: dict[str, list[str]] | None = Field(default_factory=dict)
 
     model_config = ConfigDict(protected_namespaces=())
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v):
+        return v or []
+
+
+# Agent strategies: Dify's `core/agent/plugin_entities.py`.
+
+
+class AgentStrategyParameter(PluginParameter):
+    class Type(StrEnum):
+        String = "string"
+        Number = "number"
+        Boolean = "boolean"
+        Select = "select"
+        SecretInput = "secret-input"
+        File = "file"
+        Files = "files"
+        AppSelector = "app-selector"
+        ModelSelector = "model-selector"
+        ToolsSelector = "array[tools]"
+        Any = "any"
+        SystemFiles = "system-files"
+
+    type: Type
+    help: I18nObject | None = None
+
+
+class AgentFeature(StrEnum):
+    HistoryMessages = "history-messages"
+
+
+class AgentStrategyEntity(BaseModel):
+    identity: ToolIdentity
+    parameters: list[AgentStrategyParameter] = Field(default_factory=list)
+    description: I18nObject
+    output_schema: dict[str, Any] | None = None
+    features: list[AgentFeature] | None = None
+    meta_version: str | None = None
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters(cls, v):
+        return v or []
 
 
 class AgentStrategyProviderEntity(BaseModel):
     identity: ToolProviderIdentity
     plugin_id: str | None = None
-    strategies: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AgentProviderEntityWithPlugin(AgentStrategyProviderEntity):
+    strategies: list[AgentStrategyEntity] = Field(default_factory=list)
+
+
+# Endpoints: Dify's `core/plugin/entities/endpoint.py`.
+
+
+class EndpointDeclaration(BaseModel):
+    path: str
+    method: str
+    hidden: bool = False
 
 
 class EndpointProviderDeclaration(BaseModel):
-    settings: list[dict[str, Any]] = Field(default_factory=list)
-    endpoints: list[dict[str, Any]] | None = Field(default_factory=list)
+    # A list, not optional.
+    settings: list[ProviderConfig] = Field(default_factory=list)
+    endpoints: list[EndpointDeclaration] | None = Field(default_factory=list)
+
+
+# Datasources: Dify's `core/datasource/entities/datasource_entities.py`.
+
+
+class DatasourceProviderType(StrEnum):
+    OnlineDocument = "online_document"
+    LocalFile = "local_file"
+    WebsiteCrawl = "website_crawl"
+    OnlineDrive = "online_drive"
+
+
+class DatasourceProviderIdentity(BaseModel):
+    author: str
+    name: str
+    description: I18nObject
+    icon: str
+    label: I18nObject
+    tags: list[ToolLabel] | None = Field(default_factory=list)
+
+
+class DatasourceProviderEntity(BaseModel):
+    identity: DatasourceProviderIdentity
+    credentials_schema: list[ProviderConfig] = Field(default_factory=list)
+    oauth_schema: OAuthSchema | None = None
+    provider_type: DatasourceProviderType
+
+
+class DatasourceParameter(PluginParameter):
+    class Type(StrEnum):
+        String = "string"
+        Number = "number"
+        Boolean = "boolean"
+        Select = "select"
+        SecretInput = "secret-input"
+        File = "file"
+        Files = "files"
+        SystemFiles = "system-files"
+
+    type: Type
+    description: I18nObject
+
+
+class DatasourceIdentity(BaseModel):
+    author: str
+    name: str
+    label: I18nObject
+    # Required: Dify's client stamps it before validating.
+    provider: str
+    icon: str | None = None
+
+
+class DatasourceEntity(BaseModel):
+    identity: DatasourceIdentity
+    parameters: list[DatasourceParameter] = Field(default_factory=list)
+    description: I18nObject
+    output_schema: dict[str, Any] | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters(cls, v):
+        return v or []
+
+
+class DatasourceProviderEntityWithPlugin(DatasourceProviderEntity):
+    datasources: list[DatasourceEntity] = Field(default_factory=list)
+
+
+# Triggers: Dify's `core/trigger/entities/entities.py`.
+
+
+class EventParameter(BaseModel):
+    class Type(StrEnum):
+        String = "string"
+        Number = "number"
+        Boolean = "boolean"
+        Select = "select"
+        File = "file"
+        Files = "files"
+        ModelSelector = "model-selector"
+        AppSelector = "app-selector"
+        Object = "object"
+        Array = "array"
+        DynamicSelect = "dynamic-select"
+        Checkbox = "checkbox"
+
+    name: str
+    label: I18nObject
+    type: Type
+    auto_generate: ParameterAutoGenerate | None = None
+    template: ParameterTemplate | None = None
+    scope: str | None = None
+    required: bool | None = False
+    multiple: bool | None = False
+    default: int | float | str | list[Any] | None = None
+    min: float | int | None = None
+    max: float | int | None = None
+    precision: int | None = None
+    options: list[ParameterOption] | None = None
+    description: I18nObject | None = None
+
+
+class TriggerProviderIdentity(BaseModel):
+    author: str
+    name: str
+    label: I18nObject
+    description: I18nObject
+    icon: str | None = None
+    icon_dark: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, v):
+        return v or []
+
+
+class EventIdentity(BaseModel):
+    author: str
+    name: str
+    label: I18nObject
+    provider: str | None = None
+
+
+class EventEntity(BaseModel):
+    identity: EventIdentity
+    parameters: list[EventParameter] = Field(default_factory=list)
+    description: I18nObject
+    output_schema: Mapping[str, Any] | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters(cls, v):
+        return v or []
+
+
+class SubscriptionConstructor(BaseModel):
+    parameters: list[EventParameter] = Field(default_factory=list)
+    credentials_schema: list[ProviderConfig] = Field(default_factory=list)
+    oauth_schema: OAuthSchema | None = None
+
+
+class TriggerProviderEntity(BaseModel):
+    identity: TriggerProviderIdentity
+    subscription_schema: list[ProviderConfig] = Field(default_factory=list)
+    subscription_constructor: SubscriptionConstructor | None = None
+    events: list[EventEntity] = Field(default_factory=list)
 
 
 class PluginDeclaration(BaseModel):
@@ -334,6 +827,15 @@ class PluginDeclaration(BaseModel):
     class Meta(BaseModel):
         minimum_dify_version: str | None = None
         version: str | None = None
+
+        @field_validator("minimum_dify_version")
+        @classmethod
+        def _minimum(cls, v: str | None) -> str | None:
+            from packaging.version import Version
+
+            if v is not None:
+                Version(v)
+            return v
 
     version: str
     author: str | None = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
@@ -353,8 +855,8 @@ class PluginDeclaration(BaseModel):
     model: ProviderEntity | None = None
     endpoint: EndpointProviderDeclaration | None = None
     agent_strategy: AgentStrategyProviderEntity | None = None
-    datasource: dict[str, Any] | None = None
-    trigger: dict[str, Any] | None = None
+    datasource: DatasourceProviderEntity | None = None
+    trigger: TriggerProviderEntity | None = None
     meta: Meta
 
     model_config = ConfigDict(protected_namespaces=())
@@ -534,6 +1036,153 @@ class ToolInvokeMessage(BaseModel):
     meta: dict[str, Any] | None = None
 
 
+class AgentInvokeMessage(ToolInvokeMessage):
+    pass
+
+
+class PluginReadmeResponse(BaseModel):
+    content: str
+    language: str
+
+
+class MissingPluginDependency(BaseModel):
+    plugin_unique_identifier: str
+    current_identifier: str | None = None
+
+
+class PluginAgentProviderEntity(BaseModel):
+    provider: str
+    plugin_unique_identifier: str
+    plugin_id: str
+    declaration: AgentProviderEntityWithPlugin
+    meta: PluginDeclaration.Meta
+
+
+class PluginModelSchemaEntity(BaseModel):
+    model_schema: AIModelEntity
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class PluginLLMNumTokensResponse(BaseModel):
+    num_tokens: int
+
+
+class LLMUsage(BaseModel):
+    prompt_tokens: int
+    prompt_unit_price: Decimal
+    prompt_price_unit: Decimal
+    prompt_price: Decimal
+    completion_tokens: int
+    completion_unit_price: Decimal
+    completion_price_unit: Decimal
+    completion_price: Decimal
+    total_tokens: int
+    total_price: Decimal
+    currency: str
+    latency: float
+    time_to_first_token: float | None = None
+    time_to_generate: float | None = None
+
+
+class AssistantPromptMessage(BaseModel):
+    role: str = "assistant"
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class LLMResultChunkDelta(BaseModel):
+    index: int
+    message: AssistantPromptMessage
+    usage: LLMUsage | None = None
+    finish_reason: str | None = None
+
+
+class LLMResultChunk(BaseModel):
+    model: str
+    prompt_messages: list[dict[str, Any]] = Field(default_factory=list)
+    system_fingerprint: str | None = None
+    delta: LLMResultChunkDelta
+
+
+class EndpointEntityWithInstance(BasePluginEntity):
+    settings: dict[str, Any]
+    tenant_id: str
+    plugin_id: str
+    expired_at: datetime.datetime
+    declaration: EndpointProviderDeclaration = Field(default_factory=EndpointProviderDeclaration)
+    name: str
+    enabled: bool
+    url: str
+    hook_id: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url(cls, values):
+        # Dify renders `url` from its ENDPOINT_URL_TEMPLATE when the daemon sends none.
+        if isinstance(values, dict) and "url" not in values:
+            values["url"] = ENDPOINT_URL_TEMPLATE.replace("{hook_id}", values["hook_id"])
+        return values
+
+
+class DebuggingKey(BaseModel):
+    key: str
+
+
+class PluginDatasourceProviderEntity(BaseModel):
+    provider: str
+    plugin_unique_identifier: str
+    plugin_id: str
+    is_authorized: bool = False
+    declaration: DatasourceProviderEntityWithPlugin
+
+
+class PluginTriggerProviderEntity(BaseModel):
+    provider: str
+    plugin_unique_identifier: str
+    plugin_id: str
+    declaration: TriggerProviderEntity
+
+
+class EmbeddingUsage(BaseModel):
+    tokens: int
+    total_tokens: int
+    unit_price: Decimal
+    price_unit: Decimal
+    total_price: Decimal
+    currency: str
+    latency: float
+
+
+class EmbeddingResult(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    usage: EmbeddingUsage
+
+
+class PluginTextEmbeddingNumTokensResponse(BaseModel):
+    num_tokens: list[int]
+
+
+class PluginOAuthAuthorizationUrlResponse(BaseModel):
+    authorization_url: str
+
+
+class PluginOAuthCredentialsResponse(BaseModel):
+    metadata: Mapping[str, Any] = Field(default_factory=dict)
+    expires_at: int = -1
+    credentials: Mapping[str, Any]
+
+
+class PluginDynamicSelectOptionsResponse(BaseModel):
+    options: list[ParameterOption]
+
+
+# Dify's default ENDPOINT_URL_TEMPLATE.
+ENDPOINT_URL_TEMPLATE = "http://localhost:5002/e/{hook_id}"
+
+
 # --- the client ------------------------------------------------------------------------------
 
 
@@ -697,12 +1346,208 @@ class DifyPluginClient:
         )
 
     def decode_plugin_from_identifier(self, tenant_id: str, identifier: str) -> PluginDecodeResponse:
-        # Dify sends a GET with a JSON body here.
+        # Dify 1.14 sends the identifier in the query, under two names (the
+        # second for daemons up to 0.5.4); older Dify sent a GET with a JSON body.
         return self.request_with_response(
             "GET",
             f"plugin/{tenant_id}/management/decode/from_identifier",
             PluginDecodeResponse,
-            data={"plugin_unique_identifier": identifier},
+            params={"plugin_unique_identifier": identifier, "PluginUniqueIdentifier": identifier},
+        )
+
+    def fetch_plugin_readme(self, tenant_id: str, identifier: str, language: str) -> str:
+        # Dify turns a client-side error naming 404 into "no readme".
+        try:
+            readme = self.request_with_response(
+                "GET",
+                f"plugin/{tenant_id}/management/fetch/readme",
+                PluginReadmeResponse,
+                params={"tenant_id": tenant_id, "plugin_unique_identifier": identifier, "language": language},
+            )
+        except PluginDaemonClientSideError as e:
+            if "404" in e.description:
+                return ""
+            raise
+        return readme.content
+
+    def list_plugins(self, tenant_id: str) -> list[PluginEntity]:
+        return self.list_plugins_with_total(tenant_id, 1, 256).list
+
+    def delete_plugin_installation_task(self, tenant_id: str, task_id: str) -> bool:
+        return self.request_with_response("POST", f"plugin/{tenant_id}/management/install/tasks/{task_id}/delete", bool)
+
+    def delete_all_plugin_installation_task_items(self, tenant_id: str) -> bool:
+        return self.request_with_response("POST", f"plugin/{tenant_id}/management/install/tasks/delete_all", bool)
+
+    def delete_plugin_installation_task_item(self, tenant_id: str, task_id: str, identifier: str) -> bool:
+        return self.request_with_response(
+            "POST", f"plugin/{tenant_id}/management/install/tasks/{task_id}/delete/{identifier}", bool
+        )
+
+    def fetch_missing_dependencies(self, tenant_id: str, identifiers: list[str]) -> list[MissingPluginDependency]:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/management/installation/missing",
+            list[MissingPluginDependency],
+            data={"plugin_unique_identifiers": identifiers},
+            headers={"Content-Type": "application/json"},
+        )
+
+    def upgrade_plugin(
+        self, tenant_id: str, original: str, new: str, source: str = "package", meta: dict | None = None
+    ) -> PluginInstallTaskStartResponse:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/management/install/upgrade",
+            PluginInstallTaskStartResponse,
+            data={
+                "original_plugin_unique_identifier": original,
+                "new_plugin_unique_identifier": new,
+                "source": source,
+                "meta": meta or {},
+            },
+            headers={"Content-Type": "application/json"},
+        )
+
+    def check_tools_existence(self, tenant_id: str, provider_ids: list[tuple[str, str]]) -> list[bool]:
+        """`provider_ids` are `(plugin_id, provider_name)` pairs."""
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/management/tools/check_existence",
+            list[bool],
+            data={"provider_ids": [{"plugin_id": p, "provider_name": n} for p, n in provider_ids]},
+            headers={"Content-Type": "application/json"},
+        )
+
+    def get_debugging_key(self, tenant_id: str) -> str:
+        return self.request_with_response("POST", f"plugin/{tenant_id}/debugging/key", DebuggingKey).key
+
+    # --- agent strategies (Dify's PluginAgentClient) ------------------------------------------
+
+    def fetch_agent_strategy_providers(self, tenant_id: str) -> list[PluginAgentProviderEntity]:
+        def transformer(body: dict) -> dict:
+            for provider in body.get("data", []):
+                declaration = provider.get("declaration", {}) or {}
+                name = declaration.get("identity", {}).get("name")
+                for strategy in declaration.get("strategies", []):
+                    strategy["identity"]["provider"] = name
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/agent_strategies",
+            list[PluginAgentProviderEntity],
+            params={"page": 1, "page_size": 256},
+            transformer=transformer,
+        )
+
+    def fetch_agent_strategy_provider(self, tenant_id: str, plugin_id: str, provider: str) -> PluginAgentProviderEntity:
+        def transformer(body: dict) -> dict:
+            if body.get("data") is None or body.get("data", {}).get("declaration") is None:
+                return body
+            for strategy in body["data"]["declaration"].get("strategies", []):
+                strategy["identity"]["provider"] = provider
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/agent_strategy",
+            PluginAgentProviderEntity,
+            params={"provider": provider, "plugin_id": plugin_id},
+            transformer=transformer,
+        )
+
+    def invoke_agent_strategy(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, strategy: str, params: dict
+    ) -> Iterator[AgentInvokeMessage]:
+        return self.request_with_response_stream(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/agent_strategy/invoke",
+            AgentInvokeMessage,
+            data={
+                "user_id": user_id,
+                "conversation_id": None,
+                "app_id": None,
+                "message_id": None,
+                "context": {},
+                "data": {
+                    "agent_strategy_provider": provider,
+                    "agent_strategy": strategy,
+                    "agent_strategy_params": params,
+                },
+            },
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        )
+
+    # --- endpoints (Dify's PluginEndpointClient) ----------------------------------------------
+
+    def create_endpoint(self, tenant_id: str, user_id: str, identifier: str, name: str, settings: dict) -> bool:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/endpoint/setup",
+            bool,
+            headers={"Content-Type": "application/json"},
+            data={"user_id": user_id, "plugin_unique_identifier": identifier, "settings": settings, "name": name},
+        )
+
+    # Dify passes the console's page size; the daemon takes at most 100.
+    def list_endpoints(self, tenant_id: str, page: int = 1, page_size: int = 100) -> list[EndpointEntityWithInstance]:
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/endpoint/list",
+            list[EndpointEntityWithInstance],
+            params={"page": page, "page_size": page_size},
+        )
+
+    def list_endpoints_for_single_plugin(
+        self, tenant_id: str, plugin_id: str, page: int = 1, page_size: int = 100
+    ) -> list[EndpointEntityWithInstance]:
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/endpoint/list/plugin",
+            list[EndpointEntityWithInstance],
+            params={"plugin_id": plugin_id, "page": page, "page_size": page_size},
+        )
+
+    def update_endpoint(self, tenant_id: str, user_id: str, endpoint_id: str, name: str, settings: dict) -> bool:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/endpoint/update",
+            bool,
+            data={"user_id": user_id, "endpoint_id": endpoint_id, "name": name, "settings": settings},
+            headers={"Content-Type": "application/json"},
+        )
+
+    def delete_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
+        try:
+            return self.request_with_response(
+                "POST",
+                f"plugin/{tenant_id}/endpoint/remove",
+                bool,
+                data={"endpoint_id": endpoint_id},
+                headers={"Content-Type": "application/json"},
+            )
+        except PluginDaemonInternalServerError as e:
+            # Dify treats an already removed endpoint as removed.
+            if "record not found" in e.description.lower():
+                return True
+            raise
+
+    def enable_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/endpoint/enable",
+            bool,
+            data={"endpoint_id": endpoint_id},
+            headers={"Content-Type": "application/json"},
+        )
+
+    def disable_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/endpoint/disable",
+            bool,
+            data={"endpoint_id": endpoint_id},
             headers={"Content-Type": "application/json"},
         )
 
@@ -855,3 +1700,265 @@ class DifyPluginClient:
         ):
             return resp.result
         return False
+
+    # --- models (Dify's PluginModelClient) ------------------------------------------------------
+
+    @staticmethod
+    def _model_payload(user_id: str | None, data: dict) -> dict:
+        # Dify leaves `user_id` out of the body when it has none.
+        payload: dict[str, Any] = {"data": data}
+        if user_id is not None:
+            payload["user_id"] = user_id
+        return payload
+
+    def _model_stream(self, tenant_id: str, route: str, type_: Any, plugin_id: str, user_id: str | None, data: dict):
+        return self.request_with_response_stream(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/{route}",
+            type_,
+            data=self._model_payload(user_id, data),
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        )
+
+    def get_model_schema(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, model_type: str, model: str, credentials: dict
+    ) -> AIModelEntity | None:
+        data = {"provider": provider, "model_type": model_type, "model": model, "credentials": credentials}
+        for resp in self._model_stream(tenant_id, "model/schema", PluginModelSchemaEntity, plugin_id, user_id, data):
+            return resp.model_schema
+        return None
+
+    def validate_provider_credentials(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, credentials: dict
+    ) -> bool:
+        data = {"provider": provider, "credentials": credentials}
+        route = "model/validate_provider_credentials"
+        for resp in self._model_stream(tenant_id, route, PluginBasicBooleanResponse, plugin_id, user_id, data):
+            if resp.credentials and isinstance(resp.credentials, dict):
+                credentials.update(resp.credentials)
+            return resp.result
+        return False
+
+    def validate_model_credentials(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, model_type: str, model: str, credentials: dict
+    ) -> bool:
+        data = {"provider": provider, "model_type": model_type, "model": model, "credentials": credentials}
+        route = "model/validate_model_credentials"
+        for resp in self._model_stream(tenant_id, route, PluginBasicBooleanResponse, plugin_id, user_id, data):
+            if resp.credentials and isinstance(resp.credentials, dict):
+                credentials.update(resp.credentials)
+            return resp.result
+        return False
+
+    def invoke_llm(
+        self,
+        tenant_id: str,
+        user_id: str | None,
+        plugin_id: str,
+        provider: str,
+        model: str,
+        credentials: dict,
+        prompt_messages: list[dict],
+        model_parameters: dict | None = None,
+        tools: list[dict] | None = None,
+        stop: list[str] | None = None,
+        stream: bool = True,
+    ) -> Iterator[LLMResultChunk]:
+        data = {
+            "provider": provider,
+            "model_type": "llm",
+            "model": model,
+            "credentials": credentials,
+            "prompt_messages": prompt_messages,
+            "model_parameters": model_parameters,
+            "tools": tools,
+            "stop": stop,
+            "stream": stream,
+        }
+        try:
+            yield from self._model_stream(tenant_id, "llm/invoke", LLMResultChunk, plugin_id, user_id, data)
+        except PluginDaemonInnerError as e:
+            raise ValueError(e.message + str(e.code)) from e
+
+    def get_llm_num_tokens(
+        self,
+        tenant_id: str,
+        user_id: str | None,
+        plugin_id: str,
+        provider: str,
+        model: str,
+        credentials: dict,
+        prompt_messages: list[dict],
+        tools: list[dict] | None = None,
+    ) -> int:
+        data = {
+            "provider": provider,
+            "model_type": "llm",
+            "model": model,
+            "credentials": credentials,
+            "prompt_messages": prompt_messages,
+            "tools": tools,
+        }
+        for resp in self._model_stream(tenant_id, "llm/num_tokens", PluginLLMNumTokensResponse, plugin_id, user_id, data):
+            return resp.num_tokens
+        return 0
+
+    def invoke_text_embedding(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, model: str, credentials: dict,
+        texts: list[str], input_type: str,
+    ) -> EmbeddingResult:
+        data = {
+            "provider": provider,
+            "model_type": "text-embedding",
+            "model": model,
+            "credentials": credentials,
+            "texts": texts,
+            "input_type": input_type,
+        }
+        for resp in self._model_stream(tenant_id, "text_embedding/invoke", EmbeddingResult, plugin_id, user_id, data):
+            return resp
+        raise ValueError("Failed to invoke text embedding")
+
+    def get_text_embedding_num_tokens(
+        self, tenant_id: str, user_id: str | None, plugin_id: str, provider: str, model: str, credentials: dict,
+        texts: list[str],
+    ) -> list[int]:
+        data = {"provider": provider, "model_type": "text-embedding", "model": model, "credentials": credentials, "texts": texts}
+        route = "text_embedding/num_tokens"
+        for resp in self._model_stream(tenant_id, route, PluginTextEmbeddingNumTokensResponse, plugin_id, user_id, data):
+            return resp.num_tokens
+        return []
+
+    # --- assets (Dify's PluginAssetManager) ----------------------------------------------------
+
+    def fetch_asset(self, tenant_id: str, asset_id: str) -> bytes:
+        response = self.request("GET", f"plugin/{tenant_id}/asset/{asset_id}")
+        if response.status_code != 200:
+            raise ValueError(f"can not found asset {asset_id}")
+        return response.content
+
+    # --- datasources and triggers: the listings (Dify's PluginDatasourceManager, PluginTriggerClient)
+
+    def fetch_installed_datasource_providers(self, tenant_id: str) -> list[PluginDatasourceProviderEntity]:
+        def transformer(body: dict) -> dict:
+            for provider in body.get("data") or []:
+                declaration = provider.get("declaration", {}) or {}
+                name = declaration.get("identity", {}).get("name")
+                for datasource in declaration.get("datasources", []):
+                    datasource["identity"]["provider"] = name
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/datasources",
+            list[PluginDatasourceProviderEntity],
+            params={"page": 1, "page_size": 256},
+            transformer=transformer,
+        )
+
+    def fetch_datasource_provider(self, tenant_id: str, plugin_id: str, provider: str) -> PluginDatasourceProviderEntity:
+        def transformer(body: dict) -> dict:
+            data = body.get("data")
+            if data:
+                for datasource in data.get("declaration", {}).get("datasources", []):
+                    datasource["identity"]["provider"] = provider
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/datasource",
+            PluginDatasourceProviderEntity,
+            params={"provider": provider, "plugin_id": plugin_id},
+            transformer=transformer,
+        )
+
+    def fetch_trigger_providers(self, tenant_id: str) -> list[PluginTriggerProviderEntity]:
+        def transformer(body: dict) -> dict:
+            for provider in body.get("data", []):
+                declaration = provider.get("declaration", {}) or {}
+                for event in declaration.get("events", []):
+                    event["identity"]["provider"] = provider.get("plugin_id") + "/" + provider.get("provider")
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/triggers",
+            list[PluginTriggerProviderEntity],
+            params={"page": 1, "page_size": 256},
+            transformer=transformer,
+        )
+
+    def fetch_trigger_provider(self, tenant_id: str, plugin_id: str, provider: str) -> PluginTriggerProviderEntity:
+        def transformer(body: dict) -> dict:
+            data = body.get("data")
+            if data:
+                for event in data.get("declaration", {}).get("events", []):
+                    event["identity"]["provider"] = f"{plugin_id}/{provider}"
+            return body
+
+        return self.request_with_response(
+            "GET",
+            f"plugin/{tenant_id}/management/trigger",
+            PluginTriggerProviderEntity,
+            params={"provider": provider, "plugin_id": plugin_id},
+            transformer=transformer,
+        )
+
+    # --- OAuth and dynamic select (Dify's OAuthHandler, DynamicSelectClient) -------------------
+
+    def _first(self, tenant_id: str, route: str, type_: Any, plugin_id: str, user_id: str, data: dict):
+        for resp in self.request_with_response_stream(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/{route}",
+            type_,
+            data={"user_id": user_id, "data": data},
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        ):
+            return resp
+        raise ValueError(f"no response from the plugin daemon for {route}")
+
+    def get_authorization_url(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, redirect_uri: str, system_credentials: dict
+    ) -> PluginOAuthAuthorizationUrlResponse:
+        data = {"provider": provider, "redirect_uri": redirect_uri, "system_credentials": system_credentials}
+        route = "oauth/get_authorization_url"
+        return self._first(tenant_id, route, PluginOAuthAuthorizationUrlResponse, plugin_id, user_id, data)
+
+    def get_oauth_credentials(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, redirect_uri: str, system_credentials: dict,
+        raw_request: bytes,
+    ) -> PluginOAuthCredentialsResponse:
+        data = {
+            "provider": provider,
+            "redirect_uri": redirect_uri,
+            "system_credentials": system_credentials,
+            "raw_http_request": raw_request.hex(),
+        }
+        return self._first(tenant_id, "oauth/get_credentials", PluginOAuthCredentialsResponse, plugin_id, user_id, data)
+
+    def refresh_oauth_credentials(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, redirect_uri: str, system_credentials: dict,
+        credentials: dict,
+    ) -> PluginOAuthCredentialsResponse:
+        data = {
+            "provider": provider,
+            "redirect_uri": redirect_uri,
+            "system_credentials": system_credentials,
+            "credentials": credentials,
+        }
+        route = "oauth/refresh_credentials"
+        return self._first(tenant_id, route, PluginOAuthCredentialsResponse, plugin_id, user_id, data)
+
+    def fetch_dynamic_select_options(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, action: str, credentials: dict,
+        credential_type: str, parameter: str,
+    ) -> PluginDynamicSelectOptionsResponse:
+        data = {
+            "provider": provider,
+            "credentials": credentials,
+            "credential_type": credential_type,
+            "provider_action": action,
+            "parameter": parameter,
+        }
+        route = "dynamic_select/fetch_parameter_options"
+        return self._first(tenant_id, route, PluginDynamicSelectOptionsResponse, plugin_id, user_id, data)

@@ -129,3 +129,60 @@ def test_stream_comment_line_breaks_dify():
     body = b": keep-alive\n\n" + sse(envelope(0, "success", {"type": "text", "message": {}, "meta": None}))
     with pytest.raises(ValueError):
         list(stream_client(body).invoke_tool("t", "u", "a/b", "b", "echo", {}, {}))
+
+
+# --- declaration shapes Dify's models insist on ----------------------------------------------
+
+
+def credential_field(**extra) -> dict:
+    return {"variable": "mode", "label": {"en_US": "Mode"}, "type": "select", **extra}
+
+
+def model_provider(**extra) -> dict:
+    return {
+        "provider": "p",
+        "label": {"en_US": "P"},
+        "supported_model_types": ["llm"],
+        "configurate_methods": ["customizable-model"],
+        **extra,
+    }
+
+
+def test_model_form_show_on_must_be_a_list():
+    schema = {"model": {"label": {"en_US": "Model"}}, "credential_form_schemas": [credential_field(show_on=None)]}
+    with pytest.raises(ValueError, match="show_on"):
+        dc.ProviderEntity.model_validate(model_provider(model_credential_schema=schema))
+    option = {"value": "chat", "label": {"en_US": "Chat"}, "show_on": None}
+    schema["credential_form_schemas"] = [credential_field(options=[option])]
+    with pytest.raises(ValueError, match="show_on"):
+        dc.ProviderEntity.model_validate(model_provider(model_credential_schema=schema))
+    option["show_on"] = []
+    provider = dc.ProviderEntity.model_validate(model_provider(model_credential_schema=schema))
+    assert provider.model_credential_schema.credential_form_schemas[0].show_on == []
+
+
+def test_model_provider_lists_and_model_properties_are_required():
+    with pytest.raises(ValueError, match="supported_model_types"):
+        dc.ProviderEntity.model_validate(model_provider(supported_model_types=None))
+    with pytest.raises(ValueError, match="configurate_methods"):
+        dc.ProviderEntity.model_validate(model_provider(configurate_methods=None))
+    model = {"model": "m", "label": {"en_US": "M"}, "model_type": "llm", "fetch_from": "predefined-model"}
+    with pytest.raises(ValueError, match="model_properties"):
+        dc.AIModelEntity.model_validate({**model, "model_properties": None})
+    assert dc.AIModelEntity.model_validate({**model, "model_properties": {}}).parameter_rules == []
+
+
+def test_endpoint_settings_and_oauth_schemas_must_be_lists():
+    with pytest.raises(ValueError, match="settings"):
+        dc.EndpointProviderDeclaration.model_validate({"settings": None, "endpoints": None})
+    with pytest.raises(ValueError, match="client_schema"):
+        dc.OAuthSchema.model_validate({"client_schema": None})
+    assert dc.EndpointProviderDeclaration.model_validate({"endpoints": None}).settings == []
+
+
+def test_tools_need_their_provider_stamped():
+    tool = {"identity": {"author": "a", "name": "t", "label": {"en_US": "T"}}, "parameters": None}
+    with pytest.raises(ValueError, match="provider"):
+        dc.ToolEntity.model_validate(tool)
+    tool["identity"]["provider"] = "p"
+    assert dc.ToolEntity.model_validate(tool).parameters == []
