@@ -835,6 +835,14 @@ async fn bodies_that_are_not_a_message_get_json_rpc_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
+    // A body over rmcp's limit (4 MiB) is refused as too large.
+    let r = post_as(&f, "2025-06-18", Some(&session))
+        .header("Content-Type", "application/json")
+        .body(vec![b' '; 4 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     // The session still works.
     let r = post_as(&f, "2025-06-18", Some(&session))
         .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))

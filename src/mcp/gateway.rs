@@ -23,12 +23,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use bytes::BytesMut;
+use futures::StreamExt;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -325,17 +327,10 @@ async fn call(service: Service, req: Request) -> Response {
 /// message, which it says with 415 although the body is declared JSON (its
 /// only other 415 is for a body that is not).
 async fn post(gw: &McpGateway, service: Service, sessions: &Sessions, req: Request) -> Response {
-    let limit = gw.config.max_request_body_bytes;
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let bytes = match read_body(body, gw.config.max_request_body_bytes).await {
         Ok(b) => b,
-        Err(_) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Payload Too Large: request body exceeds {limit} bytes"),
-            )
-                .into_response()
-        }
+        Err(refusal) => return refusal,
     };
     let response = call(
         service.clone(),
@@ -346,6 +341,30 @@ async fn post(gw: &McpGateway, service: Service, sessions: &Sessions, req: Reque
         return jsonrpc::answer(&service, sessions, parts, bytes).await;
     }
     response
+}
+
+/// The whole body, refused as rmcp refuses it when longer than `limit`.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    let mut data = body.into_data_stream();
+    let mut out = BytesMut::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                "Bad Request: the request body could not be read",
+            )
+                .into_response()
+        })?;
+        if chunk.len() > limit - out.len() {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Payload Too Large: request body exceeds {limit} bytes"),
+            )
+                .into_response());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
 }
 
 fn declares_json(headers: &HeaderMap) -> bool {
