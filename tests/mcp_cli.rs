@@ -122,6 +122,10 @@ async fn created_servers_and_tokens_are_served_by_the_daemon() {
     assert_eq!(server["credential_providers"], json!(["echo_tool"]));
     assert!(!server.to_string().contains("cli-secret"));
     let id = server["id"].as_str().unwrap().to_owned();
+    // The path printed is the one Dify's MCP client takes for Streamable
+    // HTTP at once (its last segment is `mcp`).
+    let path = format!("/mcp/{id}/mcp");
+    assert_eq!(server["path"], path.as_str());
 
     let issued = json_of(&d, &["token", "--tenant", TENANT, &id, "--name", "laptop"]).await;
     let token = issued["token"].as_str().unwrap().to_owned();
@@ -131,13 +135,14 @@ async fn created_servers_and_tokens_are_served_by_the_daemon() {
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["path"], path.as_str());
     // Another tenant sees nothing.
     let other = json_of(&d, &["list", "--tenant", "someone-else"]).await;
     assert_eq!(other, json!([]));
 
     // The daemon serves the server with the token the command printed.
     let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp/{id}", d.base))
+        StreamableHttpClientTransportConfig::with_uri(format!("{}{path}", d.base))
             .auth_header(token.clone()),
     );
     let client = ().serve(transport).await.unwrap();

@@ -1,6 +1,8 @@
 //! The MCP gateway end to end: management API, bearer auth, Origin checks,
-//! and real MCP clients (rmcp and the Python `mcp` package) listing and
-//! calling the fixture `echo_tool` plugin's tools. Tool sessions are played
+//! both URLs of a server, session close, JSON-RPC errors for bodies that
+//! are not a message, batches by revision, and real MCP clients (rmcp and
+//! the Python `mcp` package) listing and calling the fixture `echo_tool`
+//! plugin's tools. Tool sessions are played
 //! by an invoker that answers with the chunks the real plugin sends
 //! (tests/fixtures/README.md), so every content kind is exercised.
 
@@ -82,11 +84,19 @@ struct Fixture {
     app: TestApp,
     invoker: Arc<EchoInvoker>,
     server_id: String,
+    /// The path the management API shows for the server.
+    path: String,
     token: String,
 }
 
 impl Fixture {
+    /// The URL clients are given: the path the management API shows.
     fn mcp_url(&self) -> String {
+        format!("{}{}", self.app.base, self.path)
+    }
+
+    /// The server's first URL, which configured clients still use.
+    fn legacy_url(&self) -> String {
         format!("{}/mcp/{}", self.app.base, self.server_id)
     }
 
@@ -155,6 +165,7 @@ async fn start(extra: &[&str]) -> Fixture {
         app,
         invoker,
         server_id: String::new(),
+        path: String::new(),
         token: String::new(),
     };
     let created: Value = f
@@ -178,6 +189,7 @@ async fn start(extra: &[&str]) -> Fixture {
         .unwrap();
     assert_eq!(created["code"], 0, "{created}");
     f.server_id = created["data"]["id"].as_str().unwrap().to_owned();
+    f.path = created["data"]["path"].as_str().unwrap().to_owned();
     let token: Value = f
         .app
         .client
@@ -279,7 +291,7 @@ async fn missing_or_wrong_tokens_get_a_challenge_pointing_at_the_metadata() {
     assert_eq!(r.status(), 401);
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
     let expected = format!(
-        "{}/.well-known/oauth-protected-resource/mcp/{}",
+        "{}/.well-known/oauth-protected-resource/mcp/{}/mcp",
         f.app.base, f.server_id
     );
     assert_eq!(
@@ -469,8 +481,30 @@ fn tools_python() -> Option<String> {
         .map(|v| v.trim_matches('"').to_owned())
 }
 
+/// The venv with the newest `mcp` 1.x (tests/python/setup-mcp1.sh).
+fn mcp1_python() -> String {
+    let out = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/setup-mcp1.sh"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "setup-mcp1.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs tests/python/mcp_client.py in `mode` ("v1" runs the 1.x SDK).
 async fn python_client(f: &Fixture, mode: &str, calls: Value) -> Value {
-    let python = tools_python().expect("the tools venv (scripts/setup-python.sh)");
+    let python = if mode == "v1" {
+        mcp1_python()
+    } else {
+        tools_python().expect("the tools venv (scripts/setup-python.sh)")
+    };
     let out = tokio::process::Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -492,9 +526,9 @@ async fn python_client(f: &Fixture, mode: &str, calls: Value) -> Value {
 }
 
 #[tokio::test]
-async fn python_client_in_both_eras_gets_results_and_progress() {
+async fn python_clients_1_and_2_in_both_eras_get_results_and_progress() {
     let f = start(&[]).await;
-    for mode in ["legacy", "auto"] {
+    for mode in ["legacy", "auto", "v1"] {
         let out = python_client(
             &f,
             mode,
@@ -525,6 +559,14 @@ async fn python_client_in_both_eras_gets_results_and_progress() {
             .collect();
         assert_eq!(steps, [1.0, 2.0, 3.0], "{mode}: {slow}");
         assert_eq!(out["calls"][2]["result"]["isError"], true, "{mode}");
+        // The SDK accepted the answer to its closing DELETE.
+        let warnings = out["warnings"].as_array().unwrap();
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("Session termination failed")),
+            "{mode}: {warnings:?}"
+        );
     }
 }
 
@@ -662,4 +704,353 @@ async fn open_sessions_see_record_edits_installs_uninstalls_and_upgrades() {
         ]
     );
     client.cancel().await.unwrap();
+}
+
+const ACCEPT: &str = "application/json, text/event-stream";
+
+/// A POST to the server as a client of protocol `version` sends it: in
+/// `session` when given, with the `MCP-Protocol-Version` header from
+/// 2025-06-18 on (2025-03-26 has no such header).
+fn post_as(f: &Fixture, version: &str, session: Option<&str>) -> reqwest::RequestBuilder {
+    let mut request = f
+        .app
+        .client
+        .post(f.mcp_url())
+        .bearer_auth(&f.token)
+        .header("Accept", ACCEPT);
+    if version >= "2025-06-18" {
+        request = request.header("MCP-Protocol-Version", version);
+    }
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    request
+}
+
+/// Opens a session on `version` over plain HTTP (initialize, then
+/// notifications/initialized) and returns its id.
+async fn open_session(f: &Fixture, version: &str) -> String {
+    let r = post_as(f, "", None)
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(&format!("\"protocolVersion\":\"{version}\"")),
+        "{body}"
+    );
+    let r = post_as(f, version, Some(&session))
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    session
+}
+
+/// The JSON-RPC error of a 400 answer, checked to be one.
+async fn json_rpc_error(r: reqwest::Response) -> Value {
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["jsonrpc"], "2.0", "{v}");
+    assert!(v.as_object().unwrap().contains_key("id"), "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    v
+}
+
+#[tokio::test]
+async fn closing_a_session_answers_200_and_ends_it() {
+    let f = start(&[]).await;
+    for version in ["2025-03-26", "2025-06-18", "2025-11-25"] {
+        let session = open_session(&f, version).await;
+        let mut close = f
+            .app
+            .client
+            .delete(f.mcp_url())
+            .bearer_auth(&f.token)
+            .header("Mcp-Session-Id", &session);
+        if version >= "2025-06-18" {
+            close = close.header("MCP-Protocol-Version", version);
+        }
+        let r = close.send().await.unwrap();
+        // Dify's MCP client takes only 200; the Python SDK 200 or 204.
+        assert_eq!(r.status(), 200, "{version}");
+        let r = post_as(&f, version, Some(&session))
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{version}: the session is gone");
+    }
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_a_message_get_json_rpc_errors() {
+    let f = start(&[]).await;
+    let session = open_session(&f, "2025-06-18").await;
+    let send = |body: &'static str| {
+        post_as(&f, "2025-06-18", Some(&session))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let v = json_rpc_error(
+        send(r#"{"jsonrpc": "2.0", "id": 1, "method""#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32700, "{v}");
+    assert_eq!(v["id"], Value::Null);
+    for (body, id) in [
+        ("42", Value::Null),
+        (r#"{"jsonrpc": "2.0", "id": 7, "method": 5}"#, json!(7)),
+        (
+            r#"{"jsonrpc": "1.0", "id": "a", "method": "tools/list"}"#,
+            json!("a"),
+        ),
+        (
+            r#"{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": "echo"}"#,
+            json!(8),
+        ),
+        ("[]", Value::Null),
+    ] {
+        let v = json_rpc_error(send(body).await.unwrap()).await;
+        assert_eq!(v["error"]["code"], -32600, "{body}: {v}");
+        assert_eq!(v["id"], id, "{body}");
+    }
+    // A body declared as something else than JSON is refused as such.
+    let r = post_as(&f, "2025-06-18", Some(&session))
+        .header("Content-Type", "text/plain")
+        .body(r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // A body over rmcp's limit (4 MiB) is refused as too large.
+    let r = post_as(&f, "2025-06-18", Some(&session))
+        .header("Content-Type", "application/json")
+        .body(vec![b' '; 4 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // The session still works.
+    let r = post_as(&f, "2025-06-18", Some(&session))
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn batches_are_answered_in_2025_03_26_sessions() {
+    let f = start(&[]).await;
+    let session = open_session(&f, "2025-03-26").await;
+    let call = |id: Value, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": args}})
+    };
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+        call(json!("two"), "echo_tool__echo", json!({"text": "hi"})),
+        call(json!(3), "echo_tool__slow", json!({"count": 2})),
+        {"nonsense": true},
+        {"jsonrpc": "2.0", "id": 4, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}},
+        {"jsonrpc": "2.0", "id": 5, "method": "no/such/method"},
+    ]);
+    let r = post_as(&f, "2025-03-26", Some(&session))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let answers: Vec<Value> = r.json().await.unwrap();
+    // One answer per request, in the batch's order; none for the
+    // notification.
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(
+        ids,
+        [
+            &json!(1),
+            &json!("two"),
+            &json!(3),
+            &Value::Null,
+            &json!(4),
+            &json!(5)
+        ],
+        "{answers:?}"
+    );
+    assert!(answers.iter().all(|a| a["jsonrpc"] == "2.0"));
+    assert_eq!(answers[0]["result"]["tools"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        answers[1]["result"]["content"],
+        json!([{"type": "text", "text": "hi"}])
+    );
+    assert_eq!(answers[2]["result"]["content"][0]["text"], "chunk 0chunk 1");
+    assert_eq!(answers[3]["error"]["code"], -32600, "{}", answers[3]);
+    assert_eq!(answers[4]["error"]["code"], -32600, "{}", answers[4]);
+    assert_eq!(answers[5]["error"]["code"], -32601, "{}", answers[5]);
+    let tools: Vec<_> = f
+        .invoker
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.payload["tool"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tools.len(), 2, "each call ran once: {tools:?}");
+
+    // A batch of notifications only has nothing to answer.
+    let r = post_as(&f, "2025-03-26", Some(&session))
+        .json(&json!([{"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // A batch larger than the gateway takes is refused whole.
+    let many: Vec<Value> = (0..=plugind::mcp::jsonrpc::MAX_BATCH)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "tools/list"}))
+        .collect();
+    let r = post_as(&f, "2025-03-26", Some(&session))
+        .json(&many)
+        .send()
+        .await
+        .unwrap();
+    let v = json_rpc_error(r).await;
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+}
+
+#[tokio::test]
+async fn batches_are_refused_from_2025_06_18_on() {
+    let f = start(&[]).await;
+    let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo_tool__echo", "arguments": {"text": "hi"}}}]);
+    for version in ["2025-06-18", "2025-11-25"] {
+        let session = open_session(&f, version).await;
+        let r = post_as(&f, version, Some(&session))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        let v = json_rpc_error(r).await;
+        assert_eq!(v["error"]["code"], -32600, "{version}: {v}");
+        assert_eq!(v["id"], Value::Null);
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("2025-06-18"), "{message}");
+        assert!(message.contains(version), "{message}");
+    }
+    // Without a session (2026-07-28 has none) there is no revision that
+    // allows one.
+    let r = post_as(&f, "2026-07-28", None)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_rpc_error(r).await["error"]["code"], -32600);
+    // A session the server does not know is answered as rmcp answers one.
+    let r = post_as(&f, "2025-03-26", Some("no-such-session"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(f.invoker.calls.lock().unwrap().is_empty(), "nothing ran");
+}
+
+#[tokio::test]
+async fn both_urls_serve_real_clients_and_describe_themselves() {
+    let f = start(&[]).await;
+    assert_eq!(f.path, format!("/mcp/{}/mcp", f.server_id));
+    let listed: Value = f
+        .app
+        .client
+        .get(f.api(""))
+        .header("X-Api-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"]["list"][0]["path"], f.path.as_str());
+
+    for url in [f.mcp_url(), f.legacy_url()] {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(f.token.clone()),
+        );
+        let client = ().serve(transport).await.unwrap();
+        assert_eq!(tool_names(&client).await.len(), 5, "{url}");
+        let r = client
+            .call_tool(
+                CallToolRequestParams::new("echo_tool__echo")
+                    .with_arguments(json!({"text": url}).as_object().unwrap().clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["content"][0]["text"],
+            url.as_str()
+        );
+        client.cancel().await.unwrap();
+
+        // Each URL's challenge names its own metadata, whose resource is
+        // that URL.
+        let r = f.app.client.post(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let path = url.strip_prefix(&f.app.base).unwrap();
+        let metadata_url = format!("{}/.well-known/oauth-protected-resource{path}", f.app.base);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            format!("Bearer resource_metadata=\"{metadata_url}\"").as_str()
+        );
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("OAuth sign-in is not offered"),
+            "{body}"
+        );
+        let meta: Value = reqwest::get(&metadata_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(meta["resource"], url.as_str());
+        // No authorization server: the tokens come from the owner, and the
+        // documentation (the server's page) says how to use one.
+        assert!(meta.get("authorization_servers").is_none(), "{meta}");
+        assert_eq!(meta["resource_documentation"], f.mcp_url());
+    }
+    let page = f
+        .app
+        .client
+        .get(f.mcp_url())
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("There is no OAuth sign-in"));
+    assert!(page.contains(&format!("id=\"server-url\">{}<", f.mcp_url())));
 }

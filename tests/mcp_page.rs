@@ -64,7 +64,11 @@ async fn serve() -> Served {
         .await
         .unwrap();
     assert_eq!(created["code"], 0, "{created}");
-    let url = format!("{base}/mcp/{}", created["data"]["id"].as_str().unwrap());
+    let url = format!("{base}{}", created["data"]["path"].as_str().unwrap());
+    assert_eq!(
+        url,
+        format!("{base}/mcp/{}/mcp", created["data"]["id"].as_str().unwrap())
+    );
     Served {
         base,
         url,
@@ -166,9 +170,14 @@ async fn a_browser_sees_the_name_tools_and_client_configurations() {
         .unwrap();
     assert!(args.contains(&json!(s.url)), "{claude}");
     assert!(unescape(text_of(&dom, "claude-code-config")).contains(&s.url));
+    let dify = unescape(text_of(&dom, "dify-config"));
+    assert!(dify.contains(&format!("Server URL: {}", s.url)), "{dify}");
+    assert!(dify.contains("Header Value: Bearer <YOUR_TOKEN>"), "{dify}");
+    // It says plainly that tokens come from the owner, not from OAuth.
+    assert!(text_of(&dom, "no-oauth").contains("There is no OAuth sign-in"));
     // The page's script ran and wired a copy button per client.
     assert!(
-        dom.contains("<body data-copy-buttons=\"4\">"),
+        dom.contains("<body data-copy-buttons=\"5\">"),
         "{}",
         &dom[dom.find("<body").unwrap()..][..60]
     );

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use crate::api::envelope::{ok, Envelope};
 use crate::api::extract::{ApiError, Input};
 use crate::error::DaemonError;
-use crate::mcp::records::{McpServer, NewServer, ServerPatch};
-use crate::mcp::{McpError, McpGateway};
+use crate::mcp::records::{NewServer, ServerPatch};
+use crate::mcp::{shown, McpError, McpGateway};
 
 type Result<T = Value> = std::result::Result<Envelope<T>, ApiError>;
 
@@ -51,16 +51,9 @@ fn body<T: DeserializeOwned>(input: Input) -> std::result::Result<T, ApiError> {
         .map_err(|e| ApiError::Invalid(format!("invalid body: {e}")))
 }
 
-fn shown(server: McpServer) -> Value {
-    let path = format!("/mcp/{}", server.id);
-    let mut v = serde_json::to_value(server).expect("servers serialize");
-    v["path"] = json!(path);
-    v
-}
-
 async fn list(State(gw): State<Arc<McpGateway>>, Path(tenant_id): Path<String>) -> Result {
     let servers = gw.records().list(&tenant_id).await?;
-    ok(json!({"list": servers.into_iter().map(shown).collect::<Vec<_>>()})).map_err(Into::into)
+    ok(json!({"list": servers.iter().map(shown).collect::<Vec<_>>()})).map_err(Into::into)
 }
 
 async fn create(
@@ -70,7 +63,7 @@ async fn create(
 ) -> Result {
     let new: NewServer = body(input)?;
     let server = gw.records().create(&tenant_id, new).await?;
-    ok(shown(server)).map_err(Into::into)
+    ok(shown(&server)).map_err(Into::into)
 }
 
 async fn fetch(
@@ -82,7 +75,7 @@ async fn fetch(
         .get(&tenant_id, &id)
         .await?
         .ok_or(McpError::NotFound)?;
-    ok(shown(server)).map_err(Into::into)
+    ok(shown(&server)).map_err(Into::into)
 }
 
 async fn update(
@@ -92,7 +85,7 @@ async fn update(
 ) -> Result {
     let patch: ServerPatch = body(input)?;
     let server = gw.records().update(&tenant_id, &id, patch).await?;
-    ok(shown(server)).map_err(Into::into)
+    ok(shown(&server)).map_err(Into::into)
 }
 
 async fn delete(

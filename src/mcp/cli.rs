@@ -121,7 +121,14 @@ pub async fn run(command: McpCommand, settings: &Settings) -> anyhow::Result<()>
 /// Runs one subcommand against `records` and returns what it prints.
 pub async fn execute(records: &McpStore, command: McpCommand) -> anyhow::Result<Value> {
     Ok(match command {
-        McpCommand::List { tenant } => serde_json::to_value(records.list(&tenant).await?)?,
+        McpCommand::List { tenant } => Value::Array(
+            records
+                .list(&tenant)
+                .await?
+                .iter()
+                .map(super::shown)
+                .collect(),
+        ),
         McpCommand::Create {
             tenant,
             name,
@@ -157,7 +164,7 @@ pub async fn execute(records: &McpStore, command: McpCommand) -> anyhow::Result<
                     },
                 )
                 .await?;
-            serde_json::to_value(server)?
+            super::shown(&server)
         }
         McpCommand::Delete { tenant, server_id } => {
             json!({"deleted": records.delete(&tenant, &server_id).await?})

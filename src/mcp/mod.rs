@@ -8,7 +8,9 @@
 //! - [`logging`]: `notifications/message` while a tool runs;
 //! - [`apps`]: Dify apps run through the inner API;
 //! - [`handler`]: the rmcp `ServerHandler` of one server;
-//! - [`gateway`]: `/mcp/{server_id}` with bearer auth, Origin and Host checks;
+//! - [`gateway`]: `/mcp/{server_id}/mcp` with bearer auth, Origin and Host checks;
+//! - [`sessions`]: rmcp's sessions with the revision each negotiated;
+//! - [`jsonrpc`]: malformed bodies and batches, which rmcp does not read;
 //! - [`page`]: the page a browser sees at a server's URL;
 //! - [`cli`]: `plugind mcp …`.
 
@@ -18,17 +20,19 @@ pub mod content;
 pub mod gateway;
 pub mod handler;
 pub mod invoker;
+pub mod jsonrpc;
 pub mod logging;
 pub mod page;
 pub mod records;
 pub mod schema;
 pub mod seal;
+pub mod sessions;
 
 use serde_json::{Map, Value};
 
 use crate::error::DaemonError;
 
-pub use gateway::{McpGateway, PluginInvoker};
+pub use gateway::{server_path, McpGateway, PluginInvoker};
 pub use records::{McpServer, McpStore, ServerConfig, TokenInfo};
 
 /// Failures of the MCP layer, before they become HTTP answers or MCP errors.
@@ -66,6 +70,14 @@ impl From<sqlx::Error> for McpError {
     fn from(e: sqlx::Error) -> Self {
         McpError::Store(e.into())
     }
+}
+
+/// A server as listings show it (management API, `plugind mcp`): the
+/// record and, as `path`, where MCP clients connect under the daemon's URL.
+pub fn shown(server: &McpServer) -> Value {
+    let mut v = serde_json::to_value(server).expect("servers serialize");
+    v["path"] = Value::String(server_path(&server.id));
+    v
 }
 
 /// The response chunks of one plugin session (the dispatch path's type).

@@ -67,7 +67,7 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).expect("JSON values serialize")
 }
 
-/// Configurations for Claude Desktop, Cursor, VS Code and Claude Code.
+/// Configurations for Claude Desktop, Cursor, VS Code, Claude Code and Dify.
 pub fn client_configs(name: &str, url: &str) -> Vec<ClientConfig> {
     let key = config_key(name);
     let bearer = format!("Bearer {TOKEN_PLACEHOLDER}");
@@ -116,6 +116,12 @@ pub fn client_configs(name: &str, url: &str) -> Vec<ClientConfig> {
             text: format!(
                 "claude mcp add --transport http {key} {url} --header \"Authorization: {bearer}\""
             ),
+        },
+        ClientConfig {
+            id: "dify",
+            client: "Dify",
+            location: "Tools → MCP → Add MCP Server (HTTP): the URL as Server URL, the token as a header under Headers (not Authentication, which is OAuth)",
+            text: format!("Server URL: {url}\nHeader Name: Authorization\nHeader Value: {bearer}"),
         },
     ]
 }
@@ -188,6 +194,10 @@ button {{ cursor: pointer; }}
 Clients need an access token, sent as <code>Authorization: Bearer …</code>; ask the
 server's owner for one and put it where the configurations below say
 <code>{placeholder}</code>.</p>
+<p id="no-oauth">There is no OAuth sign-in: the server's owner issues the tokens
+(<code>plugind mcp token</code> or the management API) and can revoke them. Give the token
+to the client as a header, as below; a client that can only sign in with OAuth cannot
+connect.</p>
 <h2>Tools</h2>
 <ul id="tools">
 {tool_items}</ul>
@@ -230,9 +240,15 @@ mod tests {
 
     #[test]
     fn configs_point_at_the_url_with_a_placeholder_token() {
-        for c in client_configs("My tools", "https://d.example/mcp/abc") {
-            assert!(c.text.contains("https://d.example/mcp/abc"), "{}", c.client);
-            assert!(c.text.contains("my-tools"), "{}", c.client);
+        for c in client_configs("My tools", "https://d.example/mcp/abc/mcp") {
+            assert!(
+                c.text.contains("https://d.example/mcp/abc/mcp"),
+                "{}",
+                c.client
+            );
+            if c.id != "dify" {
+                assert!(c.text.contains("my-tools"), "{}", c.client);
+            }
         }
         let cursor = &client_configs("My tools", "https://d.example/mcp/abc")[1];
         let v: Value = serde_json::from_str(&cursor.text).unwrap();

@@ -319,8 +319,8 @@ pub fn build_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// Creates an MCP server for [`TENANT`] through the management API on the
-/// daemon at `base`, issues it a token, and returns the server's URL and
-/// the token.
+/// daemon at `base`, issues it a token, and returns the server's URL (the
+/// `path` the API shows) and the token.
 pub async fn create_mcp_server(
     client: &reqwest::Client,
     base: &str,
@@ -353,5 +353,6 @@ pub async fn create_mcp_server(
         .await
         .expect("an envelope");
     let token = token["data"]["token"].as_str().expect("a token").to_owned();
-    (format!("{base}/mcp/{id}"), token)
+    let path = created["data"]["path"].as_str().expect("server path");
+    (format!("{base}{path}"), token)
 }

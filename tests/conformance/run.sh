@@ -111,7 +111,8 @@ for _ in $(seq 1 100); do
   [[ -s "$WORK/proxy.port" ]] && break
   sleep 0.1
 done
-MCP_URL="http://127.0.0.1:$(head -n 1 "$WORK/proxy.port")/mcp/$SERVER_ID"
+# The URL the management API shows (its last segment is `mcp`).
+MCP_URL="http://127.0.0.1:$(head -n 1 "$WORK/proxy.port")/mcp/$SERVER_ID/mcp"
 echo "suite target: $MCP_URL"
 
 say "conformance server"
@@ -136,4 +137,4 @@ fi
 echo "conformance: no failures beyond the $(printf '%s\n' $LISTED | grep -c .) expected ones"
 
 say "MCP Inspector CLI"
-"$HERE/inspector.sh" "$NODE" "$INSPECTOR_DIR" "$URL/mcp/$ALL_SERVER_ID" "$ALL_TOKEN" "$TOOLS_PYTHON"
+"$HERE/inspector.sh" "$NODE" "$INSPECTOR_DIR" "$URL/mcp/$ALL_SERVER_ID/mcp" "$ALL_TOKEN" "$TOOLS_PYTHON"

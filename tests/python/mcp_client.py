@@ -7,13 +7,16 @@ MODE is the 2.x client's connect mode ("legacy" or "auto"), or "v1" for the
 call is cancelled by the client after that long, and `cancelled TOOL` is
 written to stderr) and `sleep_after` (seconds
 to stay connected once the call is over). Prints one JSON object: the SDK
-version, the negotiated protocol version, the listed tools, and each call's
-result (or `"cancelled": true`) with the progress notifications it received.
+version, the negotiated protocol version, the listed tools, each call's
+result (or `"cancelled": true`) with the progress notifications it received,
+and the warnings the SDK logged (such as "Session termination failed" when
+the server's answer to the closing DELETE is not one the SDK accepts).
 """
 
 import asyncio
 import importlib.metadata
 import json
+import logging
 import sys
 import time
 
@@ -115,12 +118,24 @@ async def main_v1(url: str, token: str, calls: list) -> dict:
     return out
 
 
+class Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 async def main(url: str, token: str, mode: str, calls: list) -> dict:
+    warnings = Warnings()
+    logging.getLogger("mcp").addHandler(warnings)
     if mode == "v1":
         out = await main_v1(url, token, calls)
     else:
         out = await main_v2(url, token, mode, calls)
     out["sdk_version"] = importlib.metadata.version("mcp")
+    out["warnings"] = warnings.messages
     return out
 
 
