@@ -23,7 +23,14 @@ use plugind::runtime::python_env::{self, no_progress};
 use plugind::runtime::sandbox::{Sandbox, SandboxOptions, DEFAULT_UID_RANGE};
 use plugind::runtime::{LaunchSpec, LocalHost, LocalOptions, PluginRuntime, PythonEnvConfig};
 
-const ROUNDS: usize = 10;
+/// LAUNCH_BENCH_ROUNDS launches of each kind; 10 when unset.
+fn rounds() -> usize {
+    std::env::var("LAUNCH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .max(1)
+}
 
 fn env_config(cache: &Path) -> PythonEnvConfig {
     PythonEnvConfig::new(
@@ -136,7 +143,7 @@ async fn main() {
     );
 
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         for (host, out) in [(&plain, &mut without), (&confined, &mut with)] {
             let started = Instant::now();
             let rt = host.launch(spec(()), no_progress()).await.expect("launch");
