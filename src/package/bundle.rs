@@ -323,6 +323,7 @@ fn dependency(index: usize, raw: &RawDependency) -> Result<Dependency, BundleErr
 
 /// Parses a bundle `manifest.yaml`.
 pub fn parse_manifest(yaml: &[u8]) -> Result<BundleManifest, BundleError> {
+    super::yaml_limits::check("manifest.yaml", yaml)?;
     let raw: RawManifest =
         serde_yaml::from_slice(yaml).map_err(|e| BundleError::Yaml(e.to_string()))?;
     if let Some(kind) = raw.kind.as_deref() {
