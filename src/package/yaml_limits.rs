@@ -107,9 +107,10 @@ enum Extent {
     /// A flow collection; ends when the flow level is back to this.
     Flow(usize),
     /// A block collection; ends at the first line that starts left of
-    /// it, or at its parent's column with anything but a `-` entry.
+    /// its parent's column, or at that column with anything but a `-`
+    /// entry of an indentless sequence.
     Block,
-    /// A scalar or an alias; ends with the next token.
+    /// A scalar or an alias; ends with that token.
     Scalar,
 }
 
@@ -507,7 +508,7 @@ impl<'a> Scanner<'a> {
                 self.simple_key_allowed = false;
                 // A tag ends at a blank (or a `,` in flow context); libyaml
                 // fails on anything else after it.
-                while !self.is_blankz_at(0) && !(self.flow > 0 && self.cur() == Some(b',')) {
+                while !(self.is_blankz_at(0) || (self.flow > 0 && self.cur() == Some(b','))) {
                     self.skip();
                 }
             }
