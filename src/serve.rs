@@ -94,9 +94,12 @@ pub struct HttpTimeouts {
     /// connection is accepted or has finished its previous response, so it
     /// is also how long a kept-alive connection may sit idle.
     pub header_read: Duration,
-    /// From the end of the head until the last byte of the body. Reading
-    /// past it fails with an error the route answers as a bad request, and
-    /// the connection is closed.
+    /// From the moment a route starts reading the body (every route does
+    /// so as soon as it is called) until its last byte. Reading past it
+    /// fails with an error the route answers as a bad request, and the
+    /// connection is closed. The clock starts at the first read rather
+    /// than at the head so that a route that reads late is not refused a
+    /// body that has long arrived.
     pub body_read: Duration,
 }
 
@@ -143,9 +146,8 @@ pub async fn serve_http<L>(
         let app = app.clone();
         let body_read = timeouts.body_read;
         let service = tower::service_fn(move |req: hyper::Request<Incoming>| {
-            let deadline = Instant::now() + body_read;
             app.clone()
-                .call(req.map(|body| DeadlineBody::new(body, deadline, body_read)))
+                .call(req.map(|body| DeadlineBody::new(body, body_read)))
         });
         let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
@@ -161,21 +163,22 @@ pub async fn serve_http<L>(
     graceful.shutdown().await;
 }
 
-/// A request body that fails once its deadline passes before its end.
+/// A request body that fails when it has not ended `limit` after it was
+/// first read.
 struct DeadlineBody {
     inner: Incoming,
-    deadline: Instant,
     limit: Duration,
+    deadline: Option<Instant>,
     /// Armed the first time the body has to wait for the client.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl DeadlineBody {
-    fn new(inner: Incoming, deadline: Instant, limit: Duration) -> Self {
+    fn new(inner: Incoming, limit: Duration) -> Self {
         Self {
             inner,
-            deadline,
             limit,
+            deadline: None,
             timer: None,
         }
     }
@@ -189,17 +192,18 @@ impl HttpBody for DeadlineBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let limit = self.limit;
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + limit);
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let deadline = self.deadline;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("request body not received within {:?}", self.limit),
+                format!("request body not received within {limit:?}"),
             )
             .into()))),
             Poll::Pending => Poll::Pending,
