@@ -534,4 +534,14 @@ dependencies:
         let e = decode_bundle(b"not a zip", &limits).unwrap_err();
         assert!(matches!(e, BundleError::Archive(_)), "{e}");
     }
+
+    #[test]
+    fn a_deeply_nested_manifest_is_refused_before_parsing() {
+        let deep = "[".repeat(100_000);
+        let e = parse_manifest(deep.as_bytes()).unwrap_err();
+        assert!(
+            matches!(e, BundleError::Archive(PackageError::YamlLimit { .. })),
+            "{e}"
+        );
+    }
 }
