@@ -188,6 +188,17 @@ def test_unknown_identifier_is_a_typed_error(client, tenant):
         client.fetch_plugin_manifest(tenant, bogus)
 
 
+def test_a_deeply_nested_manifest_is_a_bad_request(client, tenant):
+    # A hostile upload: a manifest nested 200 000 levels deep is refused
+    # before it is parsed, with the error Dify shows for any bad package.
+    deep = "{a: " * 200_000 + "1" + "}" * 200_000
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.yaml", deep)
+    with pytest.raises(PluginDaemonBadRequestError, match="nests deeper than 64 levels"):
+        client.upload_pkg(tenant, buf.getvalue(), verify_signature=False)
+
+
 def test_wrong_key_is_rejected(tenant):
     bad = DifyPluginClient(PLUGIND_URL, "not-the-key")
     try:
