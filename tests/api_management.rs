@@ -257,6 +257,105 @@ async fn forced_verification_refuses_unsigned_packages() {
     assert_eq!(body["code"], -400);
 }
 
+/// A daemon on the default signature policy (FORCE_VERIFYING_SIGNATURE on)
+/// that also trusts `public_pem` as a third-party key.
+async fn spawn_trusting(public_pem: &str) -> TestApp {
+    let keys = tempfile::tempdir().unwrap();
+    let key_path = keys.path().join("third-party.pem");
+    std::fs::write(&key_path, public_pem).unwrap();
+    let app = spawn_app_with(
+        &[
+            "--force-verifying-signature",
+            "true",
+            "--third-party-signature-verification-enabled",
+            "true",
+            "--third-party-signature-verification-public-keys",
+            key_path.to_str().unwrap(),
+        ],
+        Arc::new(plugind::install::NoopInstallStep),
+    )
+    .await;
+    // The keys are read once, when the daemon starts.
+    drop(keys);
+    app
+}
+
+#[tokio::test]
+async fn signed_packages_without_a_verification_file_pass_forced_verification_as_langgenius() {
+    use plugind::package::signature::{generate_keypair, parse_private_key, sign_with_key};
+    use plugind::package::AuthorizedCategory;
+    let (private, public) = generate_keypair(2048).unwrap();
+    let key = parse_private_key(&private, "test key").unwrap();
+    let app = spawn_trusting(&public).await;
+
+    // Signed the way packages were before `.verification.dify.json` existed.
+    let legacy =
+        sign_with_key(&tool_package("legacy", "0.0.1"), &key, None, 1_700_000_000).unwrap();
+    let names = plugind::package::read_archive(&legacy, &Default::default())
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect::<Vec<_>>();
+    assert!(
+        !names.iter().any(|n| n == ".verification.dify.json"),
+        "{names:?}"
+    );
+    let (status, body) = app.upload(legacy, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["code"], 0, "{body}");
+    assert_eq!(
+        body["data"]["verification"],
+        json!({"authorized_category": "langgenius"})
+    );
+    assert_eq!(body["data"]["manifest"]["verified"], true);
+    // The second step of a local install decodes it again, with the same answer.
+    let id = body["data"]["unique_identifier"].as_str().unwrap();
+    let (_, decoded) = app
+        .get(
+            "decode/from_identifier",
+            &[("plugin_unique_identifier", id)],
+        )
+        .await;
+    assert_eq!(decoded["code"], 0, "{decoded}");
+    assert_eq!(
+        decoded["data"]["verification"],
+        body["data"]["verification"]
+    );
+    assert_eq!(decoded["data"]["manifest"]["verified"], true);
+
+    // A verification file, when there is one, is what the upload reports.
+    let partner = sign_with_key(
+        &tool_package("partner", "0.0.1"),
+        &key,
+        Some(AuthorizedCategory::Partner),
+        1_700_000_000,
+    )
+    .unwrap();
+    let (_, body) = app.upload(partner, false).await;
+    assert_eq!(body["code"], 0, "{body}");
+    assert_eq!(
+        body["data"]["verification"],
+        json!({"authorized_category": "partner"})
+    );
+
+    // The policy still refuses what no trusted key signed.
+    let (other_private, _) = generate_keypair(2048).unwrap();
+    let stranger = sign_with_key(
+        &tool_package("stranger", "0.0.1"),
+        &parse_private_key(&other_private, "other key").unwrap(),
+        None,
+        1_700_000_000,
+    )
+    .unwrap();
+    let (_, body) = app.upload(stranger, false).await;
+    assert_eq!(body["code"], -400, "{body}");
+    assert!(error_body(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad signature"));
+}
+
 #[tokio::test]
 async fn install_list_fetch_and_uninstall() {
     let app = spawn_app().await;

@@ -239,16 +239,15 @@ impl Packages {
         let limits = DecodeLimits::for_package_size(self.settings.max_package_size);
         let keys = self.keys.clone();
         tokio::task::spawn_blocking(move || {
-            let pkg = package::decode(&bytes, &limits)?;
             // A signature that does not verify counts as no signature; the
-            // policy below decides whether that is acceptable.
-            let verification = match package::verify(&bytes, &keys) {
-                Ok(v) => v.map(|v| serde_json::to_value(v).expect("verification serializes")),
-                Err(e) => {
-                    tracing::debug!(error = %e, "package signature not verified");
-                    None
-                }
-            };
+            // policy decides whether that is acceptable. A valid signature
+            // without `.verification.dify.json` (every package signed before
+            // that file existed, the marketplace's included) counts as
+            // `langgenius`, as the reference's `DefaultVerification()`.
+            let pkg = package::decode_with_keys(&bytes, &limits, &keys)?;
+            let verification = pkg
+                .verification
+                .map(|v| serde_json::to_value(v).expect("verification serializes"));
             Ok::<_, DaemonError>((pkg, verification))
         })
         .await
