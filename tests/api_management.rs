@@ -89,6 +89,155 @@ async fn unknown_asset_is_404() {
     assert_eq!(r.status(), 404);
 }
 
+/// `GET extract-asset/` with these query parameters: status, content type, body.
+async fn extract_asset(app: &TestApp, query: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let r = app
+        .client
+        .get(format!("{}/plugin/{TENANT}/extract-asset/", app.base))
+        .header("X-Api-Key", KEY)
+        .query(query)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ctype, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn extract_asset_serves_package_files_below_assets() {
+    let app = spawn_app().await;
+    // The tool package plus a nested asset.
+    let mut files =
+        plugind::package::read_archive(&tool_package("echo", "0.0.1"), &Default::default())
+            .unwrap()
+            .entries;
+    files.push(("_assets/img/dark.svg".into(), b"<svg id='dark'/>".to_vec()));
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    let (_, up) = app.upload(build_zip(&files), false).await;
+    assert_eq!(up["code"], 0, "{up}");
+    let id = up["data"]["unique_identifier"].as_str().unwrap().to_owned();
+
+    let (status, ctype, body) = extract_asset(
+        &app,
+        &[("plugin_unique_identifier", &id), ("file_path", "icon.svg")],
+    )
+    .await;
+    assert_eq!((status, ctype.as_str()), (200, "application/octet-stream"));
+    assert_eq!(body, ICON);
+    let (status, _, body) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &id),
+            ("file_path", "img/dark.svg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, b"<svg id='dark'/>");
+    // Without the trailing slash too.
+    let r = app
+        .client
+        .get(format!("{}/plugin/{TENANT}/extract-asset", app.base))
+        .header("X-Api-Key", KEY)
+        .query(&[
+            ("plugin_unique_identifier", id.as_str()),
+            ("file_path", "icon.svg"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), ICON);
+
+    // Dify reads any 200 as the file: every refusal is a 4xx with an envelope.
+    let envelope = |body: &[u8]| -> serde_json::Value { serde_json::from_slice(body).unwrap() };
+    let (status, _, body) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &id),
+            ("file_path", "missing.svg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(envelope(&body)["code"], -404);
+    assert_eq!(
+        error_body(&envelope(&body))["error_type"],
+        "PluginDaemonNotFoundError"
+    );
+    // Files outside `_assets/` are not assets.
+    let (status, _, _) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &id),
+            ("file_path", "manifest.yaml"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    for path in [
+        "../manifest.yaml",
+        "img/../../manifest.yaml",
+        "/_assets/icon.svg",
+        "./icon.svg",
+        "img//dark.svg",
+        "..\\manifest.yaml",
+    ] {
+        let (status, _, body) = extract_asset(
+            &app,
+            &[("plugin_unique_identifier", &id), ("file_path", path)],
+        )
+        .await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(envelope(&body)["code"], -400, "{path}");
+    }
+    // A package never uploaded.
+    let unknown = format!("langgenius/echo:0.0.1@{}", "0".repeat(64));
+    let (status, _, body) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &unknown),
+            ("file_path", "icon.svg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(envelope(&body)["code"], -404);
+    // Malformed or missing parameters.
+    for query in [
+        vec![
+            ("plugin_unique_identifier", "not an identifier"),
+            ("file_path", "icon.svg"),
+        ],
+        vec![("plugin_unique_identifier", id.as_str())],
+        vec![("file_path", "icon.svg")],
+    ] {
+        let (status, _, body) = extract_asset(&app, &query).await;
+        assert_eq!(status, 400, "{query:?}");
+        assert_eq!(envelope(&body)["code"], -400, "{query:?}");
+    }
+    // Behind the key like every /plugin route.
+    let r = app
+        .client
+        .get(format!("{}/plugin/{TENANT}/extract-asset/", app.base))
+        .query(&[
+            ("plugin_unique_identifier", id.as_str()),
+            ("file_path", "icon.svg"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
 #[tokio::test]
 async fn decode_from_identifier_accepts_query_and_json_body() {
     let app = spawn_app().await;

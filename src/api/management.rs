@@ -922,3 +922,31 @@ pub async fn asset(
         }
     }
 }
+
+/// `GET /plugin/{tenant_id}/extract-asset/?plugin_unique_identifier&file_path`:
+/// the raw bytes of a file under an uploaded package's `_assets/`, which
+/// Dify's console serves for packages not installed yet. Dify reads any
+/// answer but HTTP 200 as a failure and any 200 as the file itself, so every
+/// refusal here carries a 4xx/5xx status (the envelope is for people).
+pub async fn extract_asset(State(state): State<AppState>, input: Input) -> Result {
+    let id = input.identifier("plugin_unique_identifier")?;
+    let path = input.str("file_path")?;
+    match state.packages.package_asset(&id, &path).await {
+        Ok(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        Err(err) => {
+            let status = match &err {
+                DaemonError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            err.log();
+            Ok((
+                status,
+                axum::Json(super::envelope::error_envelope_json(&err)),
+            )
+                .into_response())
+        }
+    }
+}

@@ -722,6 +722,17 @@ class DifyPluginClient:
             params={"plugin_unique_identifier": identifier},
         )
 
+    def extract_asset(self, tenant_id: str, plugin_unique_identifier: str, filename: str) -> bytes:
+        """Dify's `PluginAssetManager.extract_asset`: any status but 200 fails, and the body is the file."""
+        response = self.request(
+            "GET",
+            f"plugin/{tenant_id}/extract-asset/",
+            params={"plugin_unique_identifier": plugin_unique_identifier, "file_path": filename},
+        )
+        if response.status_code != 200:
+            raise ValueError(f"can not found asset {plugin_unique_identifier}, {response.status_code}")
+        return response.content
+
     def install_from_identifiers(
         self, tenant_id: str, identifiers: list[str], source: str = "package", metas: list[dict] | None = None
     ) -> PluginInstallTaskStartResponse:

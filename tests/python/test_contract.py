@@ -188,6 +188,21 @@ def test_unknown_identifier_is_a_typed_error(client, tenant):
         client.fetch_plugin_manifest(tenant, bogus)
 
 
+def test_extract_asset_serves_a_file_of_the_uploaded_package(client, tenant, uploaded_tool):
+    icon = (FIXTURES / "echo_tool" / "_assets" / "icon.svg").read_bytes()
+    assert client.extract_asset(tenant, uploaded_tool.unique_identifier, "icon.svg") == icon
+    # Dify takes any 200 for the file: a missing one, a path out of `_assets/`
+    # and an unknown package must each be refused with another status.
+    bogus = "plugind/nothing:0.0.1@" + "0" * 64
+    for identifier, name in [
+        (uploaded_tool.unique_identifier, "missing.svg"),
+        (uploaded_tool.unique_identifier, "../manifest.yaml"),
+        (bogus, "icon.svg"),
+    ]:
+        with pytest.raises(ValueError, match="can not found asset"):
+            client.extract_asset(tenant, identifier, name)
+
+
 def test_wrong_key_is_rejected(tenant):
     bad = DifyPluginClient(PLUGIND_URL, "not-the-key")
     try:
