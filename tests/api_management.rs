@@ -668,6 +668,85 @@ async fn install_list_fetch_and_uninstall() {
     }
 }
 
+/// POSTs a management route as another tenant.
+async fn post_as(
+    app: &TestApp,
+    tenant: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    app.client
+        .post(format!("{}/plugin/{tenant}/management/{path}", app.base))
+        .header("X-Api-Key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unknown_ids_are_done_and_touch_nothing_malformed_ones_are_refused() {
+    const OTHER: &str = "5b3c1c2e-1111-4a4a-9c9c-000000000002";
+    let app = spawn_app().await;
+    let (_, task) = app.install(tool_package("echo", "0.0.1")).await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let (_, list) = app.get("list", &[("page", "1"), ("page_size", "10")]).await;
+    let installation_id = list["data"]["list"][0]["id"].as_str().unwrap().to_owned();
+
+    // As the reference: an id the tenant does not have is already gone.
+    let body = post_as(
+        &app,
+        OTHER,
+        "uninstall",
+        json!({"plugin_installation_id": installation_id}),
+    )
+    .await;
+    assert_eq!(body, json!({"code": 0, "message": "success", "data": true}));
+    let (_, un) = app
+        .post(
+            "uninstall",
+            json!({"plugin_installation_id": uuid::Uuid::new_v4().to_string()}),
+        )
+        .await;
+    assert_eq!(un["data"], true, "{un}");
+    let body = post_as(
+        &app,
+        OTHER,
+        &format!("install/tasks/{task_id}/delete"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(body["data"], true, "{body}");
+    let body = post_as(&app, OTHER, "install/tasks/delete_all", json!({})).await;
+    assert_eq!(body["data"], true, "{body}");
+    // … and the owner's installation and task are still there.
+    let (_, list) = app.get("list", &[("page", "1"), ("page_size", "10")]).await;
+    assert_eq!(list["data"]["total"], 1, "{list}");
+    let (_, kept) = app.get(&format!("install/tasks/{task_id}"), &[]).await;
+    assert_eq!(kept["data"]["id"], task_id.as_str(), "{kept}");
+
+    // An id that is no UUID names nothing ever: the caller's mistake.
+    for (path, body) in [
+        ("uninstall", json!({"plugin_installation_id": "garbage"})),
+        ("install/tasks/garbage/delete", json!({})),
+        ("install/tasks/not-a-task/delete/langgenius/echo:0.0.1@0000000000000000000000000000000000000000000000000000000000000000", json!({})),
+    ] {
+        let (status, refused) = app.post(path, body).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(refused["code"], -400, "{path}: {refused}");
+        assert_eq!(
+            error_body(&refused)["error_type"],
+            "PluginDaemonBadRequestError",
+            "{path}"
+        );
+    }
+    let (_, list) = app.get("list", &[("page", "1"), ("page_size", "10")]).await;
+    assert_eq!(list["data"]["total"], 1, "{list}");
+}
+
 #[tokio::test]
 async fn pagination_is_validated_and_applied() {
     let app = spawn_app().await;

@@ -753,6 +753,13 @@ class DifyPluginClient:
             "GET", f"plugin/{tenant_id}/management/install/tasks/{task_id}", PluginInstallTask
         )
 
+    def delete_plugin_installation_task(self, tenant_id: str, task_id: str) -> bool:
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/management/install/tasks/{task_id}/delete",
+            bool,
+        )
+
     def fetch_plugin_installation_tasks(self, tenant_id: str, page: int = 1, page_size: int = 256) -> list:
         return self.request_with_response(
             "GET",

@@ -282,6 +282,22 @@ def test_model_provider_is_listed(client, tenant, tmp_path_factory):
 # --- uninstall -------------------------------------------------------------------------------
 
 
+def test_another_tenants_installation_id_is_done_and_left_alone(client, tenant, installed_tool):
+    entry, _ = find_installed(client, tenant, "plugind/echo_tool")
+    assert entry is not None
+    assert client.uninstall(str(uuid.uuid4()), entry.installation_id) is True
+    still, _ = find_installed(client, tenant, "plugind/echo_tool")
+    assert still is not None and still.installation_id == entry.installation_id
+
+
+def test_ids_that_are_no_uuid_are_bad_requests(client, tenant):
+    with pytest.raises(PluginDaemonBadRequestError):
+        client.uninstall(tenant, "garbage")
+    with pytest.raises(PluginDaemonBadRequestError):
+        client.delete_plugin_installation_task(tenant, "garbage")
+    assert client.delete_plugin_installation_task(tenant, str(uuid.uuid4())) is True
+
+
 def test_uninstall_removes_plugin(client, tenant, installed_tool):
     entry, _ = find_installed(client, tenant, "plugind/echo_tool")
     assert entry is not None
