@@ -836,6 +836,22 @@ class DifyPluginClient:
             params={"page": 1, "page_size": 256},
         )
 
+    def delete_endpoint(self, tenant_id: str, user_id: str, endpoint_id: str) -> bool:
+        """Dify's `PluginEndpointClient.delete_endpoint`: idempotent on the
+        reference's internal error for a record that is gone."""
+        try:
+            return self.request_with_response(
+                "POST",
+                f"plugin/{tenant_id}/endpoint/remove",
+                bool,
+                data={"endpoint_id": endpoint_id},
+                headers={"Content-Type": "application/json"},
+            )
+        except PluginDaemonInternalServerError as e:
+            if "record not found" in str(e.description).lower():
+                return True
+            raise
+
     # --- dispatch calls ----------------------------------------------------------------------
 
     def invoke_tool(

@@ -310,6 +310,14 @@ def test_uninstall_of_absent_installation_is_true(client, tenant):
     assert client.uninstall(tenant, str(uuid.uuid4())) is True
 
 
+# --- endpoints -------------------------------------------------------------------------------
+
+
+def test_removing_an_endpoint_that_is_gone_is_done(client, tenant):
+    # Dify deletes endpoints idempotently, on the reference's exact answer.
+    assert client.delete_endpoint(tenant, "u1", str(uuid.uuid4())) is True
+
+
 # --- bundles ---------------------------------------------------------------------------------
 
 
