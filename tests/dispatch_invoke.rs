@@ -1,6 +1,7 @@
 //! `dispatch::invoke` against an in-memory runtime that speaks the session
 //! protocol: installation lookup, chunk pass-through, backwards calls served
-//! in-session (plugin storage over the database), errors and cancellation.
+//! in-session (plugin storage over the database), errors and cancellation;
+//! and the dispatch routes over HTTP on the same runtime (the body limit).
 
 mod common;
 
@@ -345,3 +346,86 @@ async fn dropping_the_stream_cancels_the_session() {
             .await
     );
 }
+
+/// POSTs a dispatch route of the daemon for `langgenius/kv` with a raw body.
+async fn post_route(app: &TestApp, route: &str, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(format!("{}/plugin/{TENANT}/dispatch/{route}", app.base))
+        .header("X-Api-Key", common::KEY)
+        .header("X-Plugin-ID", "langgenius/kv")
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A tool invocation body of exactly `len` bytes, and the length of the
+/// text parameter that pads it.
+fn body_of_length(len: usize) -> (Vec<u8>, usize) {
+    let with = |pad: usize| {
+        serde_json::to_vec(
+            &json!({"user_id": "u1", "data": {"provider": "kv", "tool": "echo",
+            "tool_parameters": {"text": "x".repeat(pad)}}}),
+        )
+        .unwrap()
+    };
+    let pad = len - with(0).len();
+    let body = with(pad);
+    assert_eq!(body.len(), len);
+    (body, pad)
+}
+
+#[tokio::test]
+async fn a_dispatch_body_over_the_limit_is_refused_with_an_envelope() {
+    let (app, plugin) = setup().await;
+    let limit = plugind::api::dispatch::MAX_BODY;
+    let r = post_route(&app, "tool/invoke", body_of_length(limit + 1).0).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], -400, "{body}");
+    assert_eq!(body["data"], Value::Null);
+    let error = common::error_body(&body);
+    assert_eq!(error["error_type"], "PluginDaemonBadRequestError");
+    assert_eq!(
+        error["message"],
+        format!("request body is larger than {limit} bytes")
+    );
+    assert!(plugin.table.is_empty());
+
+    // A body of exactly the limit reaches the plugin.
+    let (body, pad) = body_of_length(limit);
+    let call = tokio::spawn({
+        let app_base = app.base.clone();
+        let client = app.client.clone();
+        async move {
+            client
+                .post(format!("{app_base}/plugin/{TENANT}/dispatch/tool/invoke"))
+                .header("X-Api-Key", common::KEY)
+                .header("X-Plugin-ID", "langgenius/kv")
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    let req = plugin.request().await;
+    assert_eq!(
+        req.payload["tool_parameters"]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        pad
+    );
+    plugin
+        .table
+        .route(&req.header.session_id, SessionMessage::End)
+        .await;
+    assert_eq!(call.await.unwrap(), "");
+}
+

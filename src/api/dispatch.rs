@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +29,10 @@ use crate::runtime::SessionHeader;
 
 /// Header naming the plugin (`author/name`) whose installation serves the call.
 pub const PLUGIN_ID_HEADER: &str = "X-Plugin-ID";
+
+/// Largest dispatch request body, in bytes (axum's default, made explicit so
+/// the refusal can name it).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
 
 /// One dispatch route: its path under `/dispatch`, the plugin access type
 /// and action it becomes, and the `data` fields the reference requires.
@@ -231,10 +236,13 @@ pub fn router(state: AppState) -> Router<AppState> {
                 move |state: State<AppState>,
                       tenant: Path<String>,
                       headers: HeaderMap,
-                      body: Bytes| handle(state, tenant, headers, body, spec),
+                      body: Result<Bytes, BytesRejection>| {
+                    handle(state, tenant, headers, body, spec)
+                },
             ),
         );
     }
+    let dispatch = dispatch.layer(DefaultBodyLimit::max(MAX_BODY));
     dispatch
         .route_layer(middleware::from_fn_with_state(
             state,
@@ -272,10 +280,26 @@ async fn handle(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
     spec: &'static DispatchRoute,
 ) -> Response {
     let started = Instant::now();
+    // A body that cannot be read is refused with an envelope, as every other
+    // refusal: Dify parses each line of the answer as one (axum's own
+    // rejection is plain text).
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            crate::metrics::record_request(spec.path, "refused", started.elapsed());
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body is larger than {MAX_BODY} bytes")
+            } else {
+                format!("cannot read the request body: {}", rejection.body_text())
+            };
+            return refuse(status, DaemonError::BadRequest(message));
+        }
+    };
     let plugin_id = headers
         .get(PLUGIN_ID_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -310,6 +310,20 @@ def test_uninstall_of_absent_installation_is_true(client, tenant):
     assert client.uninstall(tenant, str(uuid.uuid4())) is True
 
 
+# --- dispatch refusals ------------------------------------------------------------------------
+
+
+def test_a_dispatch_body_over_the_limit_is_an_envelope_dify_reads(client, tenant):
+    # Dify reads each line of a dispatch answer as an envelope; a plain-text
+    # refusal would surface as an unreadable line instead of this error.
+    with pytest.raises(ValueError, match=r"larger than \d+ bytes.*code: -400"):
+        list(
+            client.invoke_tool(
+                tenant, "user-1", "plugind/echo_tool", "echo_tool", "echo", {"text": "x" * (3 * 1024 * 1024)}, {"api_key": "k"}
+            )
+        )
+
+
 # --- endpoints -------------------------------------------------------------------------------
 
 
