@@ -528,6 +528,35 @@ class PluginBasicBooleanResponse(BaseModel):
     credentials: dict | None = None
 
 
+class LLMPollingStatus(StrEnum):
+    Running = "running"
+    Succeeded = "succeeded"
+    Failed = "failed"
+
+
+class LLMPollingResult(BaseModel):
+    """A polling result with the rules of the SDK's and the reference's
+    models: each status needs its own field."""
+
+    status: LLMPollingStatus
+    plugin_state: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    next_check_after_seconds: int | None = None
+    expires_after_seconds: int | None = None
+    max_attempts: int | None = None
+
+    @model_validator(mode="after")
+    def _payload(self) -> "LLMPollingResult":
+        if self.status == LLMPollingStatus.Running and not self.plugin_state:
+            raise ValueError("plugin_state is required when polling status is running")
+        if self.status == LLMPollingStatus.Succeeded and self.result is None:
+            raise ValueError("result is required when polling status is succeeded")
+        if self.status == LLMPollingStatus.Failed and not self.error:
+            raise ValueError("error is required when polling status is failed")
+        return self
+
+
 class ToolInvokeMessage(BaseModel):
     type: str
     message: dict[str, Any] | None
@@ -872,6 +901,54 @@ class DifyPluginClient:
                     "credentials": credentials,
                     "credential_type": "api-key",
                     "tool_parameters": parameters,
+                },
+            },
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        )
+
+    def start_llm_polling(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, model: str, credentials: dict, text: str
+    ) -> LLMPollingResult:
+        """`model/polling/start`. The reference answers the polling routes with
+        one non-stream envelope (`service/model_polling.go`), parsed here as
+        Dify parses every non-stream envelope."""
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/model/polling/start",
+            LLMPollingResult,
+            data={
+                "user_id": user_id,
+                "data": {
+                    "provider": provider,
+                    "model_type": "llm",
+                    "model": model,
+                    "credentials": credentials,
+                    "prompt_messages": [{"role": "user", "content": text}],
+                    "model_parameters": {},
+                    "tools": [],
+                    "stop": [],
+                    "stream": False,
+                },
+            },
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        )
+
+    def check_llm_polling(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, model: str, credentials: dict, state: dict
+    ) -> LLMPollingResult:
+        """`model/polling/check`, parsed as `start_llm_polling`."""
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/model/polling/check",
+            LLMPollingResult,
+            data={
+                "user_id": user_id,
+                "data": {
+                    "provider": provider,
+                    "model_type": "llm",
+                    "model": model,
+                    "credentials": credentials,
+                    "plugin_state": state,
                 },
             },
             headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},

@@ -24,11 +24,13 @@ import pytest
 
 from dify_client import (
     DifyPluginClient,
+    LLMPollingStatus,
     PluginBundleDependency,
     PluginCategory,
     PluginDaemonBadRequestError,
     PluginDaemonClientSideError,
     PluginDaemonError,
+    PluginDaemonInternalServerError,
     PluginInstallTaskStatus,
     PluginInvokeError,
 )
@@ -267,16 +269,41 @@ def test_tool_error_reaches_dify_as_plugin_invoke_error(client, tenant, installe
 # --- models ----------------------------------------------------------------------------------
 
 
-def test_model_provider_is_listed(client, tenant, tmp_path_factory):
+@pytest.fixture(scope="module")
+def installed_model(client, tenant, tmp_path_factory):
     uploaded = client.upload_pkg(tenant, build_package("echo_model", tmp_path_factory.mktemp("pkg")))
-    assert uploaded.manifest.category == PluginCategory.Model
     install(client, tenant, uploaded.unique_identifier)
+    return uploaded
+
+
+def test_model_provider_is_listed(client, tenant, installed_model):
+    assert installed_model.manifest.category == PluginCategory.Model
     providers = [p for p in client.fetch_model_providers(tenant) if p.plugin_id == "plugind/echo_model"]
     assert len(providers) == 1
     declaration = providers[0].declaration
     assert providers[0].provider == "echo_model" and providers[0].tenant_id == tenant
     assert set(declaration.supported_model_types) == {"llm", "text-embedding"}
     assert {m.model for m in declaration.models} == {"echo-llm", "echo-embedding"}
+
+
+def test_llm_polling_runs_to_a_result(client, tenant, installed_model):
+    call = {"tenant_id": tenant, "user_id": "user-1", "plugin_id": "plugind/echo_model", "provider": "echo_model", "model": "echo-llm"}
+    polled = client.start_llm_polling(**call, credentials={"api_key": "k", "checks": 1}, text="hi there")
+    statuses = [polled.status]
+    assert polled.next_check_after_seconds == 1 and polled.max_attempts == 2
+    while polled.status == LLMPollingStatus.Running and len(statuses) < 5:
+        polled = client.check_llm_polling(**call, credentials={"api_key": "k"}, state=polled.plugin_state)
+        statuses.append(polled.status)
+    assert statuses == [LLMPollingStatus.Running, LLMPollingStatus.Running, LLMPollingStatus.Succeeded]
+    assert polled.result["message"]["content"] == "echo: hi there"
+    failed = client.check_llm_polling(**call, credentials={"api_key": "k"}, state={"text": "fail", "left": 0})
+    assert failed.status == LLMPollingStatus.Failed and failed.error == "the job failed"
+
+
+def test_llm_polling_plugin_errors_are_http_500_as_the_reference_answers(client, tenant, installed_model):
+    call = {"tenant_id": tenant, "user_id": "user-1", "plugin_id": "plugind/echo_model", "provider": "echo_model", "model": "echo-llm"}
+    with pytest.raises(PluginDaemonInternalServerError, match="500"):
+        client.start_llm_polling(**call, credentials={"api_key": "bad"}, text="hi")
 
 
 # --- uninstall -------------------------------------------------------------------------------
