@@ -119,6 +119,10 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route(&format!("{m}/triggers"), get(h::list_triggers))
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
+        // Dify asks with the trailing slash (the reference's route); without
+        // it is answered the same.
+        .route("/plugin/{tenant_id}/extract-asset/", get(h::extract_asset))
+        .route("/plugin/{tenant_id}/extract-asset", get(h::extract_asset))
         .merge(mcp::routes(gateway.clone()))
         .merge(endpoints.management)
         .merge(debugging::routes(&state))
