@@ -1547,21 +1547,6 @@ class DifyPluginClient:
             headers={"Content-Type": "application/json"},
         )
 
-    def delete_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
-        try:
-            return self.request_with_response(
-                "POST",
-                f"plugin/{tenant_id}/endpoint/remove",
-                bool,
-                data={"endpoint_id": endpoint_id},
-                headers={"Content-Type": "application/json"},
-            )
-        except PluginDaemonInternalServerError as e:
-            # Dify treats an already removed endpoint as removed.
-            if "record not found" in e.description.lower():
-                return True
-            raise
-
     def enable_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
         return self.request_with_response(
             "POST",
@@ -1625,13 +1610,6 @@ class DifyPluginClient:
     def fetch_plugin_installation_task(self, tenant_id: str, task_id: str) -> PluginInstallTask:
         return self.request_with_response(
             "GET", f"plugin/{tenant_id}/management/install/tasks/{task_id}", PluginInstallTask
-        )
-
-    def delete_plugin_installation_task(self, tenant_id: str, task_id: str) -> bool:
-        return self.request_with_response(
-            "POST",
-            f"plugin/{tenant_id}/management/install/tasks/{task_id}/delete",
-            bool,
         )
 
     def fetch_plugin_installation_tasks(self, tenant_id: str, page: int = 1, page_size: int = 256) -> list:
