@@ -13,7 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{middleware, Json, Router};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -235,12 +235,10 @@ pub fn router(state: AppState) -> Router<AppState> {
             ),
         );
     }
-    dispatch
-        .route_layer(middleware::from_fn_with_state(
-            state,
-            super::require_api_key,
-        ))
-        .route("/metrics", get(crate::metrics::handler))
+    dispatch.route_layer(middleware::from_fn_with_state(
+        state,
+        super::require_api_key,
+    ))
 }
 
 /// The body Dify sends: the session's context and the action's `data`.
