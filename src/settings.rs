@@ -873,6 +873,87 @@ impl Settings {
     }
 }
 
+#[cfg(test)]
+mod operator_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn parse(extra: &[&str]) -> Settings {
+        let mut args = vec![
+            "plugind",
+            "--server-key",
+            "k",
+            "--dify-inner-api-url",
+            "http://dify",
+            "--dify-inner-api-key",
+            "i",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().settings
+    }
+
+    #[test]
+    fn operator_defaults_are_the_reference_ones_and_quiet() {
+        let s = parse(&[]);
+        assert_eq!(s.plugin_install_timeout, 15);
+        assert_eq!(s.install_timeout(), std::time::Duration::from_secs(900));
+        assert!(s.prometheus_enabled && s.plugin_endpoint_enabled);
+        assert!(!s.plugin_ignore_uv_lock);
+        assert_eq!(s.response_max_buffer_size, 31_457_280);
+        assert_eq!(s.max_serverless_request_bytes, 5_242_880);
+        assert_eq!(s.server_tz, "UTC");
+        assert_eq!(s.log_file, None);
+        assert!(s.inert_settings().is_empty());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn settings_plugind_only_accepts_are_named() {
+        let s = parse(&[
+            "--server-tz",
+            "Asia/Shanghai",
+            "--plugin-ignore-uv-lock",
+            "true",
+            "--pip-mirror-auto-detect",
+            "true",
+        ]);
+        let notes = s.inert_settings().join("\n");
+        for name in [
+            "SERVER_TZ",
+            "PLUGIN_IGNORE_UV_LOCK",
+            "PIP_MIRROR_AUTO_DETECT",
+        ] {
+            assert!(notes.contains(name), "{notes}");
+        }
+        // Turned off is what plugind does anyway.
+        let off = parse(&["--pip-mirror-auto-detect", "false"]);
+        assert!(off.inert_settings().is_empty());
+    }
+
+    #[test]
+    fn operator_limits_are_checked() {
+        let e = parse(&["--plugin-install-timeout", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("PLUGIN_INSTALL_TIMEOUT"), "{e}");
+        let e = parse(&["--max-serverless-request-bytes", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("MAX_SERVERLESS_REQUEST_BYTES"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = parse(&["--log-file", dir.path().to_str().unwrap()])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("LOG_FILE"), "{e}");
+    }
+}
+
 /// Removes the settings' variables that are set but empty from this
 /// process's environment, so they count as unset. Dify's docker-compose
 /// passes many as `${VAR:-}`, and the reference (Go's envconfig) treats an
