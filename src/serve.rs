@@ -45,6 +45,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             tracing::warn!("{name} is the public default from Dify's docker-compose; set your own key outside local testing");
         }
     }
+    for note in settings.inert_settings() {
+        tracing::info!("{note}");
+    }
     let addr: SocketAddr = format!("{}:{}", settings.server_host, settings.server_port)
         .parse()
         .map_err(|e| anyhow::anyhow!("SERVER_HOST/SERVER_PORT do not form an address: {e}"))?;

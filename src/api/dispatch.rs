@@ -14,7 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{middleware, Json, Router};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -278,12 +278,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         );
     }
     let dispatch = dispatch.layer(DefaultBodyLimit::max(MAX_BODY));
-    dispatch
-        .route_layer(middleware::from_fn_with_state(
-            state,
-            super::require_api_key,
-        ))
-        .route("/metrics", get(crate::metrics::handler))
+    dispatch.route_layer(middleware::from_fn_with_state(
+        state,
+        super::require_api_key,
+    ))
 }
 
 /// The body Dify sends: the session's context and the action's `data`.
