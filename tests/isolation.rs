@@ -13,17 +13,16 @@ mod common;
 #[allow(dead_code)]
 mod dispatch_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use dispatch_common::{envelopes, fixture_package};
+use common::daemon::{Daemon, SERVER_KEY};
+use dispatch_common::fixture_package;
 
 const TENANT_A: &str = "tenant-a";
 const TENANT_B: &str = "tenant-b";
-const SERVER_KEY: &str = "server-key-isolation-7f3a";
 const SECRETS: &[(&str, &str)] = &[
     ("DIFY_INNER_API_KEY", "inner-key-isolation-91c2"),
     ("DB_PASSWORD", "db-password-isolation-44d0"),
@@ -36,225 +35,26 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// A `plugind serve` process with a temp storage root and working folder.
-struct Daemon {
-    child: tokio::process::Child,
-    base: String,
-    /// The daemon's working folder (holds `.env`) and storage root.
-    dir: tempfile::TempDir,
-    client: reqwest::Client,
-}
-
-impl Daemon {
-    /// Starts over `dir`; plugins get uids from `uid_range` (each test its
-    /// own: leftovers are killed by uid).
-    async fn start(dir: tempfile::TempDir, uid_range: &str) -> Self {
-        // Plugin uids must be able to walk down to their folders.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )
-        .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("plugind.log"))
-            .unwrap();
-        let port = free_port();
-        let debug_port = free_port();
-        std::fs::write(
-            dir.path().join(".env"),
-            format!("ISOLATION_DOTENV_SECRET={DOTENV_SECRET}\n"),
-        )
-        .unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_plugind"));
-        cmd.arg("serve")
-            .current_dir(dir.path())
-            .env("SERVER_HOST", "127.0.0.1")
-            .env("SERVER_PORT", port.to_string())
-            .env("SERVER_KEY", SERVER_KEY)
-            .env("PLUGIN_REMOTE_INSTALLING_HOST", "127.0.0.1")
-            .env("PLUGIN_REMOTE_INSTALLING_PORT", debug_port.to_string())
-            .env("DIFY_INNER_API_URL", "http://127.0.0.1:9")
-            .env("PLUGIN_STORAGE_LOCAL_ROOT", dir.path().join("storage"))
-            .env("PLATFORM", "local")
-            .env("FORCE_VERIFYING_SIGNATURE", "false")
-            .env("DB_TYPE", "sqlite")
-            .env(
-                "UV_CACHE_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("uv-cache"),
-            )
-            .env("LOG_LEVEL", "info")
-            .envs(SECRETS.iter().copied())
-            .env("PLUGIN_UID_RANGE", uid_range)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true);
+/// Starts the daemon over `dir` with secrets in its environment and its
+/// `.env`; plugins get uids from `uid_range` (each test its own: leftovers
+/// are killed by uid).
+async fn start(dir: tempfile::TempDir, uid_range: &str) -> Daemon {
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("ISOLATION_DOTENV_SECRET={DOTENV_SECRET}\n"),
+    )
+    .unwrap();
+    Daemon::start(dir, |cmd| {
+        cmd.envs(SECRETS.iter().copied())
+            .env("PLUGIN_UID_RANGE", uid_range);
         if let Ok(python) = std::env::var("PYTHON312") {
             cmd.env("PYTHON_INTERPRETER_PATH", python);
         }
-        let child = cmd.spawn().expect("plugind starts");
-        let daemon = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-            client: reqwest::Client::new(),
-        };
-        for _ in 0..300 {
-            if let Ok(r) = daemon.client.get(daemon.url("/health/check")).send().await {
-                if r.status().is_success() {
-                    return daemon;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("plugind did not start:\n{}", daemon.log());
-    }
+    })
+    .await
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("plugind.log")).unwrap_or_default()
-    }
-
-    fn storage(&self) -> PathBuf {
-        self.dir.path().join("storage")
-    }
-
-    fn working(&self) -> PathBuf {
-        self.storage().join("cwd")
-    }
-
-    async fn management(&self, tenant: &str, path: &str, body: Option<Value>) -> Value {
-        let url = self.url(&format!("/plugin/{tenant}/management/{path}"));
-        let req = match body {
-            Some(body) => self.client.post(url).json(&body),
-            None => self.client.get(url),
-        };
-        req.header("X-Api-Key", SERVER_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Uploads and installs a fixture for `tenant`; returns the identifier
-    /// and the installation id.
-    async fn install(&self, tenant: &str, fixture: &str) -> (String, String) {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "dify_pkg",
-                reqwest::multipart::Part::bytes(fixture_package(fixture)).file_name("p.difypkg"),
-            )
-            .text("verify_signature", "false");
-        let up: Value = self
-            .client
-            .post(self.url(&format!(
-                "/plugin/{tenant}/management/install/upload/package"
-            )))
-            .header("X-Api-Key", SERVER_KEY)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(up["code"], 0, "{up}");
-        let id = up["data"]["unique_identifier"].as_str().unwrap().to_owned();
-        let started = self
-            .management(
-                tenant,
-                "install/identifiers",
-                Some(
-                    json!({"plugin_unique_identifiers": [id], "source": "package", "metas": [{}]}),
-                ),
-            )
-            .await;
-        assert_eq!(started["code"], 0, "{started}");
-        let task = started["data"]["task_id"].as_str().unwrap().to_owned();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            let t = self
-                .management(tenant, &format!("install/tasks/{task}"), None)
-                .await;
-            match t["data"]["status"].as_str() {
-                Some("success") => break,
-                Some("failed") => panic!("install of {fixture} failed: {t}\n{}", self.log()),
-                _ => {}
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "install did not end: {t}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let list = self
-            .management(tenant, "list?page=1&page_size=100", None)
-            .await;
-        let installation = list["data"]["list"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["plugin_unique_identifier"] == id.as_str())
-            .unwrap_or_else(|| panic!("{id} not listed: {list}"))["installation_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        (id, installation)
-    }
-
-    /// Calls a tool and returns its text messages joined.
-    async fn tool(
-        &self,
-        tenant: &str,
-        plugin: &str,
-        provider: &str,
-        tool: &str,
-        params: Value,
-    ) -> String {
-        let body = json!({
-            "user_id": "u1",
-            "conversation_id": null,
-            "message_id": null,
-            "app_id": null,
-            "endpoint_id": null,
-            "context": {},
-            "data": {
-                "provider": provider,
-                "tool": tool,
-                "credentials": {"api_key": "k"},
-                "credential_type": "api-key",
-                "tool_parameters": params,
-            },
-        });
-        let text = self
-            .client
-            .post(self.url(&format!("/plugin/{tenant}/dispatch/tool/invoke")))
-            .header("X-Api-Key", SERVER_KEY)
-            .header("X-Plugin-ID", plugin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let mut out = String::new();
-        for e in envelopes(&text) {
-            assert_eq!(e["code"], 0, "{e}\n{}", self.log());
-            if let Some(t) = e["data"]["message"]["text"].as_str() {
-                out.push_str(t);
-            }
-        }
-        out
-    }
-
+impl Daemon {
     /// Runs one `probe` action of the hostile plugin.
     async fn probe(&self, action: &str, target: &str) -> Value {
         let text = self
@@ -279,35 +79,6 @@ impl Daemon {
         )
         .await
     }
-
-    async fn stop(mut self) -> tempfile::TempDir {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-        self.dir
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The unpacked folder of an installed identifier.
-fn plugin_dir(daemon: &Daemon, identifier: &str) -> PathBuf {
-    daemon
-        .working()
-        .join(plugind::install::local::package_dir_name(identifier))
 }
 
 fn alive(pid: i32) -> bool {
@@ -326,9 +97,11 @@ fn assert_refused(answer: &Value, what: &str) {
 
 #[tokio::test]
 async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
-    let daemon = Daemon::start(tempfile::tempdir().unwrap(), "51000-51999").await;
-    let (echo_id, _) = daemon.install(TENANT_A, "echo_tool").await;
-    let (hostile_id, hostile_installation) = daemon.install(TENANT_B, "hostile_tool").await;
+    let daemon = start(tempfile::tempdir().unwrap(), "51000-51999").await;
+    let (echo_id, _) = daemon.install(TENANT_A, fixture_package("echo_tool")).await;
+    let (hostile_id, hostile_installation) = daemon
+        .install(TENANT_B, fixture_package("hostile_tool"))
+        .await;
     assert_eq!(daemon.echo("before").await, "before");
 
     // Nothing the daemon was started with reaches the plugin.
@@ -361,7 +134,8 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
         "HOME {home:?} is the plugin's own"
     );
     assert!(env["result"]["PATH"].as_str().unwrap().starts_with(
-        plugin_dir(&daemon, &hostile_id)
+        daemon
+            .plugin_dir(&hostile_id)
             .join(".venv/bin")
             .to_str()
             .unwrap()
@@ -394,7 +168,7 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
     );
 
     // Another tenant's plugin, and its own code.
-    let echo_dir = plugin_dir(&daemon, &echo_id);
+    let echo_dir = daemon.plugin_dir(&echo_id);
     let echo_code = echo_dir.join("tools/echo.py");
     assert_refused(
         &daemon.probe("read", echo_code.to_str().unwrap()).await,
@@ -404,7 +178,7 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
         &daemon.probe("write", echo_code.to_str().unwrap()).await,
         "writing another plugin's code",
     );
-    let own_code = plugin_dir(&daemon, &hostile_id).join("tools/probe.py");
+    let own_code = daemon.plugin_dir(&hostile_id).join("tools/probe.py");
     assert_refused(
         &daemon.probe("write", own_code.to_str().unwrap()).await,
         "writing its own code",
@@ -481,8 +255,8 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
 
 #[tokio::test]
 async fn a_tampered_code_folder_is_unpacked_again_before_it_runs() {
-    let daemon = Daemon::start(tempfile::tempdir().unwrap(), "52000-52999").await;
-    let (echo_id, _) = daemon.install(TENANT_A, "echo_tool").await;
+    let daemon = start(tempfile::tempdir().unwrap(), "52000-52999").await;
+    let (echo_id, _) = daemon.install(TENANT_A, fixture_package("echo_tool")).await;
     assert_eq!(daemon.echo("x").await, "x");
     let dir = daemon.stop().await;
 
@@ -505,7 +279,7 @@ async fn a_tampered_code_folder_is_unpacked_again_before_it_runs() {
     )
     .unwrap();
 
-    let daemon = Daemon::start(dir, "52000-52999").await;
+    let daemon = start(dir, "52000-52999").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let answer = daemon
