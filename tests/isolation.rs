@@ -8,9 +8,7 @@
 //! probes run against the degraded mode (the daemon's uid, Landlock where
 //! the kernel has it), where the environment must be just as clean.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 mod dispatch_common;
 
 use std::path::PathBuf;

@@ -6,9 +6,7 @@
 //! A runner version no interpreter here has, with uv's Python downloads
 //! refused, fails the same clear way.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 mod dispatch_common;
 
 use std::path::{Path, PathBuf};

@@ -95,7 +95,7 @@ impl EnvPolicy {
         for (name, value) in vars {
             let inherited = INHERITED.contains(&name.as_str())
                 || INHERITED_PREFIXES.iter().any(|p| name.starts_with(p))
-                || passthrough.iter().any(|p| *p == name);
+                || passthrough.contains(&name);
             if inherited {
                 policy.inherited.insert(name, value);
             } else if BUILD_ONLY.contains(&name.as_str()) {
