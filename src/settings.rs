@@ -441,8 +441,9 @@ pub struct Settings {
     )]
     pub plugin_max_execution_timeout: u64,
 
-    /// Python used for plugins whose manifest asks for a version not found on this machine,
-    /// and to run `python -m uv` when uv is not otherwise found. Unset: `python3` on PATH.
+    /// Python used for plugins whose manifest asks for a version not found on this machine
+    /// (after `uv python install` of that version failed), and to find or install uv when uv
+    /// is not otherwise found. Unset: `python3` on PATH.
     #[arg(
         long,
         env = "PYTHON_INTERPRETER_PATH",
@@ -450,11 +451,13 @@ pub struct Settings {
     )]
     pub python_interpreter_path: Option<PathBuf>,
 
-    /// The uv binary that builds plugin environments. Unset: `uv` on PATH, else `python -m uv`.
+    /// The uv binary that builds plugin environments. Unset: `uv` on PATH, else the uv Python
+    /// package, else one the daemon installs with pip into <PLUGIN_WORKING_PATH>/.tools/uv.
     #[arg(long, env = "UV_PATH", value_name = "UV_PATH")]
     pub uv_path: Option<PathBuf>,
 
-    /// Package index URL passed to uv (`-i`) when installing plugin dependencies.
+    /// Package index URL passed to uv (`-i`) when installing plugin dependencies, and to pip
+    /// (`--index-url`) when installing uv.
     #[arg(long, env = "PIP_MIRROR_URL", value_name = "PIP_MIRROR_URL")]
     pub pip_mirror_url: Option<String>,
 
