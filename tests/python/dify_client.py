@@ -463,6 +463,9 @@ class ModelFeature(StrEnum):
     Video = "video"
     Audio = "audio"
     StructuredOutput = "structured-output"
+    # Declared by models that answer dispatch/model/polling (SDK 0.10's
+    # ModelFeature.POLLING), which the Dify versions that poll accept.
+    Polling = "polling"
 
 
 class ParameterType(StrEnum):
