@@ -91,10 +91,17 @@ async fn installs_count_references_and_the_last_uninstall_removes_the_plugin() {
         .is_empty());
     // Read back through the declaration types: what was stored, with the
     // defaults Dify's parsers need filled in.
-    let stored = store.declaration(&id).await.unwrap().expect("kept while referenced");
+    let stored = store
+        .declaration(&id)
+        .await
+        .unwrap()
+        .expect("kept while referenced");
     assert_eq!(stored["name"], d["name"]);
     assert_eq!(stored["model"]["provider"], d["model"]["provider"]);
-    assert_eq!(stored["tool"]["identity"]["name"], d["tool"]["identity"]["name"]);
+    assert_eq!(
+        stored["tool"]["identity"]["name"],
+        d["tool"]["identity"]["name"]
+    );
 
     let out = store
         .uninstall_plugin(T2, &b.installation.id)
