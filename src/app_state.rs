@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
+use crate::cluster::Cluster;
 use crate::install::lambda_artifact::PackagerBuilder;
 use crate::install::local::LocalInstallStep;
 use crate::install::packages::{PackageSettings, Packages};
@@ -61,6 +62,8 @@ pub struct AppState {
     pub local: Option<Arc<LocalInstallStep>>,
     /// The serverless platform's install step (PLATFORM=serverless).
     pub serverless: Option<Arc<ServerlessInstallStep>>,
+    /// This daemon as a node among the replicas sharing the database.
+    pub cluster: Arc<Cluster>,
 }
 
 /// Which install step the state is built with.
@@ -129,6 +132,8 @@ impl AppState {
             DatabaseTarget::Postgres(url) => url.expose().to_owned(),
         };
         let store = Store::connect(&url, settings.db_max_open_conns).await?;
+        let cluster = Arc::new(Cluster::new(&settings.cluster, store.backend()));
+        cluster.register(&store).await?;
         let root = &settings.plugin_storage_local_root;
         std::fs::create_dir_all(root).map_err(|source| AppStateError::Storage {
             path: root.display().to_string(),
@@ -239,6 +244,7 @@ impl AppState {
             plugin_storage,
             local,
             serverless,
+            cluster,
         })
     }
 }

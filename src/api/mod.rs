@@ -128,6 +128,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         ));
     Router::new()
         .route("/health/check", get(health_check))
+        .route("/health/ready", get(health_ready))
         .merge(plugin_routes)
         .merge(dispatch::router(state.clone()))
         .merge(gateway.routes())
@@ -153,6 +154,24 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
         return DaemonError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// Readiness for orchestrators: 200 once migrations ran and the node is
+/// registered and heartbeating, 503 before that, while draining after
+/// SIGTERM, and when heartbeats have failed past the node timeout. Liveness
+/// stays `/health/check`, which answers as long as the process serves.
+async fn health_ready(State(state): State<AppState>) -> Response {
+    let readiness = state.cluster.readiness();
+    let status = if readiness == crate::cluster::Readiness::Ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": readiness.as_str(),
+        "node_id": state.cluster.node_id(),
+    });
+    (status, Json(body)).into_response()
 }
 
 /// The reference answers a bare JSON object here, not an envelope

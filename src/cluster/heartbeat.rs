@@ -1,0 +1,54 @@
+//! The heartbeat loop of a node: refresh its row every interval, and take
+//! over what nodes that went silent left behind.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+use crate::app_state::AppState;
+
+/// Runs until `cancel`: a heartbeat, then a reap, every interval.
+pub async fn run(cluster: Arc<Cluster>, state: AppState, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(cluster.options().heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        beat(&cluster, &state).await;
+        reap(&cluster, &state).await;
+    }
+}
+
+/// One heartbeat. A node whose row is gone was judged dead (a long pause,
+/// a lost database): it registers again, and what it held was taken over.
+async fn beat(cluster: &Cluster, state: &AppState) {
+    match state.store.node_heartbeat(cluster.node_id()).await {
+        Ok(true) => cluster.beat(),
+        Ok(false) => {
+            tracing::warn!(node_id = %cluster.node_id(), "this node's row was taken over by another node; registering again");
+            if let Err(e) = cluster.register(&state.store).await {
+                tracing::error!(error = %e, "cannot register the node again");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+    }
+}
+
+/// Takes over the rows of dead nodes.
+async fn reap(cluster: &Cluster, state: &AppState) {
+    match state
+        .store
+        .reap_dead_nodes(cluster.options().node_timeout)
+        .await
+    {
+        Ok(reaped) => {
+            for id in reaped {
+                tracing::warn!(node_id = %id, "node silent past the timeout; taken over");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot reap dead nodes"),
+    }
+}

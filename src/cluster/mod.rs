@@ -1,0 +1,192 @@
+//! Replicas: several daemons over one PostgreSQL, with no other
+//! coordination service. Each daemon is a node: it registers itself, beats
+//! a heartbeat that also renews its leases, and takes over the rows of
+//! nodes that went silent. On SQLite the daemon is the one node.
+//!
+//! [`Cluster`] holds this node's identity and health; [`heartbeat`] runs
+//! the loop that keeps it alive and reaps the dead.
+
+pub mod heartbeat;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::settings::ClusterSettings;
+use crate::store::{Backend, Store, StoreError};
+
+/// Timings of the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node counts as dead.
+    pub node_timeout: Duration,
+    /// Longest a call waits for this node's copy of a plugin still starting.
+    pub launch_wait: Duration,
+    /// What SIGTERM gives open work before the node stops.
+    pub drain_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// From the daemon settings.
+    pub fn from_settings(settings: &ClusterSettings) -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(settings.cluster_heartbeat_interval.max(1)),
+            node_timeout: Duration::from_secs(settings.cluster_node_timeout.max(2)),
+            launch_wait: Duration::from_secs(settings.cluster_launch_wait),
+            drain_timeout: Duration::from_secs(settings.cluster_drain_timeout),
+        }
+    }
+}
+
+/// Whether this node should be sent traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Not registered yet.
+    Starting,
+    /// Registered, heartbeating, serving.
+    Ready,
+    /// Its heartbeat has failed for longer than the node timeout: other
+    /// nodes may already have taken its rows over.
+    Unhealthy,
+    /// Stopping after its open work (SIGTERM).
+    Draining,
+}
+
+impl Readiness {
+    /// The word `/health/ready` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Unhealthy => "unhealthy",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// This node: its id, its address for other nodes, its health.
+#[derive(Debug)]
+pub struct Cluster {
+    node_id: String,
+    options: ClusterOptions,
+    /// SQLite: no other node can share the database.
+    single: bool,
+    /// Base URL of the internal listener, once bound.
+    address: RwLock<String>,
+    registered: AtomicBool,
+    draining: AtomicBool,
+    /// When the last heartbeat reached the database.
+    last_beat: Mutex<Option<Instant>>,
+}
+
+impl Cluster {
+    /// This node as the settings describe it, over a store of `backend`.
+    pub fn new(settings: &ClusterSettings, backend: Backend) -> Self {
+        let node_id = settings
+            .cluster_node_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Self {
+            node_id,
+            options: ClusterOptions::from_settings(settings),
+            single: backend == Backend::Sqlite,
+            address: RwLock::new(String::new()),
+            registered: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            last_beat: Mutex::new(None),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The timings in force.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// Whether other nodes can share the database (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        !self.single
+    }
+
+    /// The internal listener's base URL; empty before it is bound or when
+    /// there is none.
+    pub fn address(&self) -> String {
+        self.address
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the node in the store with a fresh heartbeat.
+    pub async fn register(&self, store: &Store) -> Result<(), StoreError> {
+        store
+            .register_node(&self.node_id, &self.address(), self.single)
+            .await?;
+        self.beat();
+        self.registered.store(true, Ordering::Release);
+        tracing::info!(node_id = %self.node_id, "registered as a node");
+        Ok(())
+    }
+
+    /// Publishes the internal listener's base URL.
+    pub async fn set_address(&self, store: &Store, address: String) -> Result<(), StoreError> {
+        store.set_node_address(&self.node_id, &address).await?;
+        *self.address.write().unwrap_or_else(|e| e.into_inner()) = address;
+        Ok(())
+    }
+
+    fn beat(&self) {
+        *self.last_beat.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether the node should get traffic now.
+    pub fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::Acquire) {
+            return Readiness::Draining;
+        }
+        if !self.registered.load(Ordering::Acquire) {
+            return Readiness::Starting;
+        }
+        let fresh = self
+            .last_beat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < self.options.node_timeout);
+        if fresh {
+            Readiness::Ready
+        } else {
+            Readiness::Unhealthy
+        }
+    }
+
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts the drain: readiness turns 503 and other nodes see the node
+    /// as draining.
+    pub async fn begin_drain(&self, store: &Store) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(node_id = %self.node_id, "draining");
+        if let Err(e) = store.set_node_draining(&self.node_id).await {
+            tracing::warn!(error = %e, "cannot mark the node as draining");
+        }
+    }
+
+    /// Removes the node from the store (the end of a clean stop).
+    pub async fn deregister(&self, store: &Store) {
+        self.registered.store(false, Ordering::Release);
+        if let Err(e) = store.remove_node(&self.node_id).await {
+            tracing::warn!(error = %e, "cannot remove the node's row");
+        }
+    }
+}

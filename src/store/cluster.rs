@@ -1,0 +1,178 @@
+//! The rows replicas coordinate through: nodes and their heartbeats.
+//!
+//! Liveness is judged by the database's clock, never by a replica's: two
+//! machines whose clocks disagree still agree on which node went silent.
+//! Every timestamp written here is therefore an SQL expression
+//! ([`Store::now_sql`]) rather than a bound value.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{from_micros, Backend, Result, Store};
+
+/// A node as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Base URL of its internal listener; empty when it has none.
+    pub address: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub draining: bool,
+    /// Whether its last heartbeat is within the timeout the query was given.
+    pub alive: bool,
+}
+
+pub(super) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn node_from_row(r: &AnyRow) -> Result<NodeRecord> {
+    Ok(NodeRecord {
+        id: r.try_get("id")?,
+        address: r.try_get("address")?,
+        started_at: from_micros(r.try_get("started_at")?),
+        heartbeat_at: from_micros(r.try_get("heartbeat_at")?),
+        draining: r.try_get("draining")?,
+        alive: r.try_get::<i64, _>("alive")? != 0,
+    })
+}
+
+impl Store {
+    /// The database's current time in unix microseconds, as SQL.
+    pub(super) fn now_sql(&self) -> &'static str {
+        match self.backend {
+            // clock_timestamp, not now(): now() is frozen at the start of
+            // the transaction.
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)",
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS BIGINT)",
+        }
+    }
+
+    /// Records this node as started now with a fresh heartbeat. `only`
+    /// removes every other node first: on SQLite one daemon owns the file,
+    /// so any other row is a previous run's.
+    pub async fn register_node(&self, id: &str, address: &str, only: bool) -> Result<()> {
+        let now = self.now_sql();
+        let mut tx = self.begin().await?;
+        if only {
+            sqlx::query("DELETE FROM cluster_nodes WHERE id <> $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO cluster_nodes (id, address, started_at, heartbeat_at, draining) \
+             VALUES ($1, $2, {now}, {now}, FALSE) \
+             ON CONFLICT (id) DO UPDATE SET address = excluded.address, \
+             started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, draining = FALSE"
+        ))
+        .bind(id)
+        .bind(address)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets the address other nodes reach this one at.
+    pub async fn set_node_address(&self, id: &str, address: &str) -> Result<()> {
+        sqlx::query("UPDATE cluster_nodes SET address = $1 WHERE id = $2")
+            .bind(address)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Refreshes the node's heartbeat. `false` when its row is gone: other
+    /// nodes judged it dead and took its rows over.
+    pub async fn node_heartbeat(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query(&format!(
+            "UPDATE cluster_nodes SET heartbeat_at = {} WHERE id = $1",
+            self.now_sql()
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks the node as draining (stopping after its open work).
+    pub async fn set_node_draining(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE cluster_nodes SET draining = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the node's row (a clean stop).
+    pub async fn remove_node(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM cluster_nodes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every node, oldest first, `alive` judged against `timeout`.
+    pub async fn nodes(&self, timeout: Duration) -> Result<Vec<NodeRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, address, started_at, heartbeat_at, draining, \
+             CAST(CASE WHEN heartbeat_at >= {} - $1 THEN 1 ELSE 0 END AS BIGINT) AS alive \
+             FROM cluster_nodes ORDER BY started_at, id",
+            self.now_sql()
+        ))
+        .bind(micros(timeout))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    /// One node, `alive` judged against `timeout`.
+    pub async fn node(&self, id: &str, timeout: Duration) -> Result<Option<NodeRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT id, address, started_at, heartbeat_at, draining, \
+             CAST(CASE WHEN heartbeat_at >= {} - $1 THEN 1 ELSE 0 END AS BIGINT) AS alive \
+             FROM cluster_nodes WHERE id = $2",
+            self.now_sql()
+        ))
+        .bind(micros(timeout))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    /// Deletes the nodes silent for longer than `timeout` and returns their
+    /// ids. Each row is deleted by exactly one caller, so when several nodes
+    /// reap at once every dead node is taken over once.
+    pub async fn reap_dead_nodes(&self, timeout: Duration) -> Result<Vec<String>> {
+        let now = self.now_sql();
+        let dead = sqlx::query(&format!(
+            "SELECT id FROM cluster_nodes WHERE heartbeat_at < {now} - $1"
+        ))
+        .bind(micros(timeout))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut reaped = Vec::new();
+        for row in dead {
+            let id: String = row.try_get("id")?;
+            let done = sqlx::query(&format!(
+                "DELETE FROM cluster_nodes WHERE id = $1 AND heartbeat_at < {now} - $2"
+            ))
+            .bind(&id)
+            .bind(micros(timeout))
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                reaped.push(id);
+            }
+        }
+        Ok(reaped)
+    }
+}
