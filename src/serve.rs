@@ -48,12 +48,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )
     };
     let state = AppState::build(settings).await?;
-    let cluster_stop = tokio_util::sync::CancellationToken::new();
-    let heartbeat = tokio::spawn(crate::cluster::heartbeat::run(
-        state.cluster.clone(),
-        state.clone(),
-        cluster_stop.clone(),
-    ));
+    let background = crate::cluster::Background::start(&state);
     if nix::unistd::geteuid().is_root() {
         let (root, working, files) = &daemon_files;
         crate::runtime::sandbox::protect_daemon_files(root, working, files);
@@ -84,8 +79,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         debug.shutdown().await;
     }
     state.registry.shutdown_all().await;
-    cluster_stop.cancel();
-    let _ = heartbeat.await;
+    background.stop().await;
     state.cluster.deregister(&state.store).await;
     tracing::info!("plugind stopped");
     Ok(())

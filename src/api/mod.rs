@@ -30,6 +30,7 @@ const MULTIPART_SLACK: u64 = 1024 * 1024;
 pub fn app(state: AppState) -> Router {
     let invoker = crate::mcp::invoker::RuntimeInvoker::new(state.clone());
     let gateway = crate::mcp::McpGateway::new(state.clone(), invoker);
+    crate::cluster::sync::follow_mcp(&state, &gateway);
     app_with_mcp(state, gateway)
 }
 

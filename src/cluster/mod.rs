@@ -7,10 +7,14 @@
 //! the loop that keeps it alive and reaps the dead.
 
 pub mod heartbeat;
+pub mod notify;
+pub mod sync;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
 
 use crate::settings::ClusterSettings;
 use crate::store::{Backend, Store, StoreError};
@@ -79,6 +83,8 @@ pub struct Cluster {
     draining: AtomicBool,
     /// When the last heartbeat reached the database.
     last_beat: Mutex<Option<Instant>>,
+    /// Changes heard from the database (PostgreSQL).
+    changes: broadcast::Sender<notify::Event>,
 }
 
 impl Cluster {
@@ -96,7 +102,19 @@ impl Cluster {
             registered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_beat: Mutex::new(None),
+            changes: broadcast::channel(notify::BUS_CAPACITY).0,
         }
+    }
+
+    /// Receives the changes heard from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<notify::Event> {
+        self.changes.subscribe()
+    }
+
+    /// Hands an event to every subscriber.
+    pub(crate) fn publish(&self, event: notify::Event) {
+        // No subscriber is not an error: nothing needs to hear it.
+        let _ = self.changes.send(event);
     }
 
     /// This node's id.
@@ -188,5 +206,42 @@ impl Cluster {
         if let Err(e) = store.remove_node(&self.node_id).await {
             tracing::warn!(error = %e, "cannot remove the node's row");
         }
+    }
+}
+
+/// The node's background tasks: heartbeat and reaping, and on PostgreSQL
+/// the change listener; the bus consumer everywhere.
+pub struct Background {
+    cancel: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Background {
+    /// Starts them for the daemon of `state`.
+    pub fn start(state: &crate::app_state::AppState) -> Self {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cluster = state.cluster.clone();
+        tasks.spawn(sync::run(state.clone(), cancel.clone()));
+        if cluster.is_shared() {
+            if let Ok(crate::settings::DatabaseTarget::Postgres(url)) =
+                state.settings.database_target()
+            {
+                tasks.spawn(notify::listen(
+                    cluster.clone(),
+                    url.expose().to_owned(),
+                    cancel.clone(),
+                ));
+            }
+        }
+        tasks.spawn(heartbeat::run(cluster, state.clone(), cancel.clone()));
+        tasks.close();
+        Self { cancel, tasks }
+    }
+
+    /// Stops them and waits until they have.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
     }
 }

@@ -42,6 +42,12 @@ fn node_from_row(r: &AnyRow) -> Result<NodeRecord> {
 }
 
 impl Store {
+    /// Forgets the installed identifiers kept for the dispatch path: another
+    /// node changed installations.
+    pub fn forget_installations(&self) {
+        drop(self.installations.change());
+    }
+
     /// The database's current time in unix microseconds, as SQL.
     pub(super) fn now_sql(&self) -> &'static str {
         match self.backend {
