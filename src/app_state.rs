@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
-use crate::cluster::Cluster;
+use crate::cluster::{BuildScope, Cluster};
 use crate::install::lambda_artifact::PackagerBuilder;
 use crate::install::local::LocalInstallStep;
 use crate::install::packages::{PackageSettings, Packages};
@@ -132,7 +132,16 @@ impl AppState {
             DatabaseTarget::Postgres(url) => url.expose().to_owned(),
         };
         let store = Store::connect(&url, settings.db_max_open_conns).await?;
-        let cluster = Arc::new(Cluster::new(&settings.cluster, store.backend()));
+        let build_scope = match settings.platform {
+            // Lambda functions and artifacts are shared by every node.
+            Platform::Serverless => BuildScope::Lambda,
+            Platform::Local => BuildScope::WorkingPath(settings.working_path()),
+        };
+        let cluster = Arc::new(Cluster::new(
+            &settings.cluster,
+            store.backend(),
+            build_scope,
+        ));
         cluster.register(&store).await?;
         let root = &settings.plugin_storage_local_root;
         std::fs::create_dir_all(root).map_err(|source| AppStateError::Storage {
@@ -220,6 +229,11 @@ impl AppState {
                 (local.clone() as Arc<dyn InstallStep>, Some(local))
             }
         };
+        let step: Arc<dyn InstallStep> = Arc::new(crate::cluster::leases::LockedStep::new(
+            step,
+            store.clone(),
+            cluster.clone(),
+        ));
         let installer = Arc::new(Installer::new(
             store.clone(),
             step,

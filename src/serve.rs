@@ -55,11 +55,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     if let Some(local) = state.local.clone() {
         // In the background: the API answers (and Dify's install polling
-        // works) while environments are checked and plugins come up.
-        let store = state.store.clone();
+        // works) while environments are checked and plugins come up. The
+        // catch-up starts through the same path as notifications and
+        // dispatch, so a plugin asked for meanwhile is started once.
+        let state = state.clone();
         tokio::spawn(async move {
             local.sweep_leftovers().await;
-            local.relaunch_installed(&store, launching).await
+            crate::cluster::launcher::catch_up(&state, launching).await
         });
     }
     let listener = TcpListener::bind(addr)

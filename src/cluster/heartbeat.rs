@@ -19,6 +19,9 @@ pub async fn run(cluster: Arc<Cluster>, state: AppState, cancel: CancellationTok
         }
         beat(&cluster, &state).await;
         reap(&cluster, &state).await;
+        if cluster.is_shared() {
+            super::launcher::stop_uninstalled(&state).await;
+        }
     }
 }
 
@@ -26,7 +29,16 @@ pub async fn run(cluster: Arc<Cluster>, state: AppState, cancel: CancellationTok
 /// a lost database): it registers again, and what it held was taken over.
 async fn beat(cluster: &Cluster, state: &AppState) {
     match state.store.node_heartbeat(cluster.node_id()).await {
-        Ok(true) => cluster.beat(),
+        Ok(true) => {
+            cluster.beat();
+            if let Err(e) = state
+                .store
+                .renew_leases(cluster.node_id(), cluster.options().node_timeout)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot renew leases");
+            }
+        }
         Ok(false) => {
             tracing::warn!(node_id = %cluster.node_id(), "this node's row was taken over by another node; registering again");
             if let Err(e) = cluster.register(&state.store).await {

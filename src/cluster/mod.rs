@@ -7,6 +7,8 @@
 //! the loop that keeps it alive and reaps the dead.
 
 pub mod heartbeat;
+pub mod launcher;
+pub mod leases;
 pub mod notify;
 pub mod sync;
 
@@ -42,6 +44,15 @@ impl ClusterOptions {
             drain_timeout: Duration::from_secs(settings.cluster_drain_timeout),
         }
     }
+}
+
+/// What a node's build locks guard.
+#[derive(Debug, Clone)]
+pub enum BuildScope {
+    /// Lambda artifacts and functions, shared by every node.
+    Lambda,
+    /// Plugin folders under this working path, shared by the nodes using it.
+    WorkingPath(std::path::PathBuf),
 }
 
 /// Whether this node should be sent traffic.
@@ -85,11 +96,18 @@ pub struct Cluster {
     last_beat: Mutex<Option<Instant>>,
     /// Changes heard from the database (PostgreSQL).
     changes: broadcast::Sender<notify::Event>,
+    /// What build lock keys are named under (see [`leases`]).
+    build_scope: BuildScope,
+    /// The working path's id, read once.
+    working_path_id: std::sync::OnceLock<String>,
+    /// Local plugin starts in flight.
+    pub(crate) launches: launcher::Launches,
 }
 
 impl Cluster {
-    /// This node as the settings describe it, over a store of `backend`.
-    pub fn new(settings: &ClusterSettings, backend: Backend) -> Self {
+    /// This node as the settings describe it, over a store of `backend`;
+    /// its build locks are named under `build_scope`.
+    pub fn new(settings: &ClusterSettings, backend: Backend, build_scope: BuildScope) -> Self {
         let node_id = settings
             .cluster_node_id
             .clone()
@@ -103,6 +121,27 @@ impl Cluster {
             draining: AtomicBool::new(false),
             last_beat: Mutex::new(None),
             changes: broadcast::channel(notify::BUS_CAPACITY).0,
+            build_scope,
+            working_path_id: std::sync::OnceLock::new(),
+            launches: Default::default(),
+        }
+    }
+
+    /// The build lock key of `identifier` on this node.
+    pub fn build_key(&self, identifier: &str) -> String {
+        match &self.build_scope {
+            BuildScope::Lambda => format!("lambda:{identifier}"),
+            BuildScope::WorkingPath(dir) => {
+                let id = self.working_path_id.get_or_init(|| {
+                    leases::working_path_id(dir).unwrap_or_else(|e| {
+                        // Without the file no other node can know it shares
+                        // the path; this node's own builds still take turns.
+                        tracing::warn!(dir = %dir.display(), "cannot name the working path: {e}");
+                        format!("node-{}", self.node_id)
+                    })
+                });
+                format!("local:{id}:{identifier}")
+            }
         }
     }
 
@@ -244,4 +283,39 @@ impl Background {
         self.cancel.cancel();
         self.tasks.wait().await;
     }
+}
+
+/// Finds the runtime of an installed `identifier` that has none registered
+/// on this node: a local plugin is started here (waiting, at most
+/// CLUSTER_LAUNCH_WAIT, for a start already under way), a Lambda function
+/// recorded by another node is registered.
+pub async fn runtime_for(
+    state: &crate::app_state::AppState,
+    identifier: &str,
+) -> Result<std::sync::Arc<dyn crate::runtime::PluginRuntime>, crate::error::DaemonError> {
+    use crate::error::DaemonError;
+    let not_running = || DaemonError::internal_msg(format!("plugin {identifier} is not running"));
+    let plugin = state
+        .store
+        .plugin(identifier)
+        .await?
+        .ok_or_else(not_running)?;
+    match plugin.install_type.as_str() {
+        "local" if state.local.is_some() => {
+            launcher::ensure_local_within(state, identifier, state.cluster.options().launch_wait)
+                .await
+                .map_err(|why| {
+                    DaemonError::internal_msg(format!("plugin {identifier} is not running: {why}"))
+                })?;
+        }
+        "serverless" => {
+            if let Some(step) = &state.serverless {
+                step.sync_registered(identifier)
+                    .await
+                    .map_err(|e| DaemonError::internal("cannot register the Lambda function", e))?;
+            }
+        }
+        _ => {}
+    }
+    state.registry.get(identifier).ok_or_else(not_running)
 }

@@ -31,14 +31,48 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
 
 fn apply(state: &AppState, change: &Change) {
     tracing::debug!(?change, "change heard");
-    if change.table == "plugin_installations" {
-        state.store.forget_installations();
+    match change.table.as_str() {
+        "plugin_installations" => state.store.forget_installations(),
+        "plugins" if change.install_type.as_deref() == Some("local") => {
+            let Some(identifier) = change.identifier.clone() else {
+                return;
+            };
+            if change.is_delete() {
+                let state = state.clone();
+                tokio::spawn(async move { super::launcher::stop_here(&state, &identifier).await });
+            } else {
+                super::launcher::spawn_ensure_local(state, &identifier);
+            }
+        }
+        "serverless_runtimes" => {
+            let (Some(step), Some(identifier)) =
+                (state.serverless.clone(), change.identifier.clone())
+            else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Err(e) = step.sync_registered(&identifier).await {
+                    tracing::warn!(%identifier, "cannot follow a Lambda function change: {e}");
+                }
+            });
+        }
+        _ => {}
     }
 }
 
 /// Reads everything again after changes may have been missed.
 fn resync(state: &AppState) {
     state.store.forget_installations();
+    let state = state.clone();
+    tokio::spawn(async move {
+        super::launcher::stop_uninstalled(&state).await;
+        super::launcher::catch_up(&state, state.settings.plugin_local_launching_concurrent).await;
+        if let Some(step) = &state.serverless {
+            if let Err(e) = step.register_installed().await {
+                tracing::warn!("cannot register Lambda functions again: {e}");
+            }
+        }
+    });
 }
 
 /// Ends the open MCP sessions of servers deleted, or whose tokens were

@@ -74,10 +74,15 @@ pub async fn invoke(state: &AppState, req: InvokeRequest) -> Result<ChunkStream,
             .installed_identifier(&req.tenant_id, &req.plugin_id)
             .await?
             .ok_or(DaemonError::PluginNotFound)?;
-        let runtime = state.registry.get(&identifier).ok_or_else(|| {
-            tracing::warn!(%identifier, "installed plugin has no running runtime");
-            DaemonError::internal_msg(format!("plugin {identifier} is not running"))
-        })?;
+        let runtime = match state.registry.get(&identifier) {
+            Some(runtime) => runtime,
+            // Installed through another node, stopped, or still starting here.
+            None => crate::cluster::runtime_for(state, &identifier)
+                .await
+                .inspect_err(|e| {
+                    tracing::warn!(%identifier, error = %e, "installed plugin has no running runtime")
+                })?,
+        };
         let session = runtime
             .invoke(SessionRequest {
                 header,

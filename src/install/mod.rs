@@ -126,6 +126,45 @@ pub struct Installer {
     runtime_type: String,
     package_prefix: String,
     finished_task_ttl: Duration,
+    /// Identifiers with a job running on this node, and how many jobs.
+    installing: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// The running jobs, so a drain can wait for them.
+    jobs: tokio_util::task::TaskTracker,
+}
+
+/// Counts a job of `identifier` as running until dropped.
+struct Running {
+    installing: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    identifier: String,
+}
+
+impl Running {
+    fn new(
+        installing: &Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+        identifier: &str,
+    ) -> Self {
+        *installing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(identifier.to_owned())
+            .or_insert(0) += 1;
+        Self {
+            installing: installing.clone(),
+            identifier: identifier.to_owned(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut map = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.identifier) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.identifier);
+            }
+        }
+    }
 }
 
 enum JobKind {
@@ -149,7 +188,28 @@ impl Installer {
             package_prefix: package_prefix.into(),
             // The reference drops succeeded tasks after two minutes.
             finished_task_ttl: Duration::from_secs(120),
+            installing: Default::default(),
+            jobs: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Whether a job of `identifier` runs on this node right now (its
+    /// runtime may be up before its installation is recorded).
+    pub fn is_installing(&self, identifier: &str) -> bool {
+        self.installing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(identifier)
+    }
+
+    /// Waits, at most `timeout`, until no job runs on this node; `false`
+    /// when some still do.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let jobs = self.jobs.clone();
+        jobs.close();
+        let idle = tokio::time::timeout(timeout, jobs.wait()).await.is_ok();
+        jobs.reopen();
+        idle
     }
 
     /// How long a succeeded task stays visible.
@@ -380,7 +440,9 @@ impl Installer {
 
     fn spawn(self: &Arc<Self>, task_id: String, job: InstallJob, source: String, kind: JobKind) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let running = Running::new(&self.installing, &job.identifier);
+        self.jobs.spawn(async move {
+            let _running = running;
             let identifier = job.identifier.clone();
             let inner = {
                 let this = this.clone();

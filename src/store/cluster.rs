@@ -182,3 +182,62 @@ impl Store {
         Ok(reaped)
     }
 }
+
+impl Store {
+    /// Takes the build lock `key` for `holder` (of node `node_id`) unless a
+    /// live holder has it; `true` when taken.
+    pub async fn try_lock_build(
+        &self,
+        key: &str,
+        holder: &str,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let now = self.now_sql();
+        let done = sqlx::query(&format!(
+            "INSERT INTO build_locks (key, holder, node_id, expires_at) VALUES ($1, $2, $3, {now} + $4) \
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, node_id = excluded.node_id, \
+             expires_at = excluded.expires_at WHERE build_locks.expires_at < {now}"
+        ))
+        .bind(key)
+        .bind(holder)
+        .bind(node_id)
+        .bind(micros(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Releases the build lock `key` if `holder` still has it.
+    pub async fn unlock_build(&self, key: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM build_locks WHERE key = $1 AND holder = $2")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Pushes the expiry of every lease `node_id` holds to `ttl` from now.
+    pub async fn renew_leases(&self, node_id: &str, ttl: Duration) -> Result<()> {
+        sqlx::query(&format!(
+            "UPDATE build_locks SET expires_at = {} + $1 WHERE node_id = $2",
+            self.now_sql()
+        ))
+        .bind(micros(ttl))
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets every lease `node_id` holds expire now (a node handing its work
+    /// over as it stops).
+    pub async fn release_leases(&self, node_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM build_locks WHERE node_id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

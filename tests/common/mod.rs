@@ -3,6 +3,8 @@
 //! real `.difypkg` zips built in memory.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::io::Write;
 use std::sync::Arc;
 

@@ -1,0 +1,239 @@
+//! Three replicas of the real `plugind serve` binary on loopback, over one
+//! PostgreSQL database and one shared storage folder, each with its own
+//! working path: what is installed through one is served by all, what is
+//! uninstalled through one stops everywhere, an install whose replica is
+//! killed still ends, and readiness follows registration and draining.
+//!
+//! Needs PLUGIND_TEST_POSTGRES_URL (scripts/postgres.sh starts a server);
+//! without it every test says so and passes. Each test has its own
+//! database, folders and plugin uid ranges, and stops what it started.
+
+#[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
+mod dispatch_common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::daemon::{open_for_plugins, sse_envelopes, Daemon, DaemonSpec};
+use dispatch_common::fixture_package;
+
+const TENANT: &str = "5b3c1c2e-7777-4a4a-9c9c-000000000007";
+const SERVER_KEY: &str = "server-key-replicas-3c1d";
+const ECHO: &str = "plugind/echo_tool";
+/// Long enough for a first environment build from the shared uv cache.
+const INSTALL_LIMIT: Duration = Duration::from_secs(300);
+/// Heartbeat and node timeout of the replicas, in seconds: short, so a
+/// dead replica is noticed within the test's patience.
+const HEARTBEAT: &str = "1";
+const NODE_TIMEOUT: u64 = 4;
+
+/// The shared database URL, or `None` (with the reason printed).
+fn postgres() -> Option<String> {
+    match std::env::var("PLUGIND_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: PLUGIND_TEST_POSTGRES_URL is not set (scripts/postgres.sh start prints one)");
+            None
+        }
+    }
+}
+
+/// Three replicas and the folders they share.
+struct Replicas {
+    root: tempfile::TempDir,
+    nodes: Vec<Daemon>,
+}
+
+/// The spec of replica `n` under `root`, with plugin uids from
+/// `uid_base + n * 1000`.
+fn replica_spec(root: &Path, database_url: &str, n: usize, uid_base: u32) -> DaemonSpec {
+    let dir = root.join(format!("replica{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    open_for_plugins(&dir);
+    let low = uid_base + n as u32 * 1000;
+    let mut spec = DaemonSpec::new(&dir, &format!("{low}-{}", low + 999), SERVER_KEY);
+    spec.storage = root.join("storage");
+    spec.env.clear();
+    spec.env("DATABASE_URL", database_url)
+        .env("PLUGIN_WORKING_PATH", dir.join("cwd").display().to_string())
+        .env("CLUSTER_NODE_ID", format!("replica-{n}"))
+        .env("CLUSTER_INTERNAL_HOST", "127.0.0.1")
+        .env("CLUSTER_INTERNAL_ADDRESS", "127.0.0.1")
+        .env("CLUSTER_INTERNAL_PORT", "0")
+        .env("CLUSTER_HEARTBEAT_INTERVAL", HEARTBEAT)
+        .env("CLUSTER_NODE_TIMEOUT", NODE_TIMEOUT.to_string())
+        .env("CLUSTER_DRAIN_TIMEOUT", "10")
+        .env("DB_MAX_OPEN_CONNS", "10")
+}
+
+impl Replicas {
+    async fn start(uid_base: u32) -> Option<Self> {
+        postgres()?;
+        let root = tempfile::tempdir().unwrap();
+        open_for_plugins(root.path());
+        let database_url = common::fresh_database_url(root.path()).await;
+        let mut nodes = Vec::new();
+        for n in 1..=3 {
+            nodes.push(Daemon::start(replica_spec(root.path(), &database_url, n, uid_base)).await);
+        }
+        Some(Self { root, nodes })
+    }
+
+    fn node(&self, n: usize) -> &Daemon {
+        &self.nodes[n - 1]
+    }
+
+    fn working(&self, n: usize) -> PathBuf {
+        self.root.path().join(format!("replica{n}")).join("cwd")
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("--- replica {} ---\n{}", i + 1, d.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn stop(self) {
+        futures::future::join_all(self.nodes.into_iter().map(Daemon::stop)).await;
+    }
+}
+
+/// Calls `echo` through `daemon` until it answers (the replica may still
+/// be building its copy), at most `limit`; the echoed text.
+async fn echo_eventually(
+    daemon: &Daemon,
+    text: &str,
+    limit: Duration,
+    logs: impl Fn() -> String,
+) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let body = daemon
+            .call_tool(TENANT, ECHO, "echo_tool", "echo", json!({"text": text}))
+            .await;
+        let envelopes = sse_envelopes(&body);
+        if !envelopes.is_empty() && envelopes.iter().all(|e| e["code"] == 0) {
+            return texts(&envelopes);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer through {}: {body}\n{}",
+            daemon.base,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn texts(envelopes: &[Value]) -> String {
+    envelopes
+        .iter()
+        .filter_map(|e| e["data"]["message"]["text"].as_str())
+        .collect()
+}
+
+/// Pids of processes whose working folder is under `dir`: the plugins a
+/// replica runs from its working path.
+fn processes_under(dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            if cwd.starts_with(&dir) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+async fn wait_until<F: Fn() -> bool>(
+    what: &str,
+    limit: Duration,
+    done: F,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_install_through_one_replica_is_served_by_all_and_an_uninstall_stops_it_everywhere() {
+    let Some(replicas) = Replicas::start(61_000).await else {
+        return;
+    };
+    let (identifier, installation) = replicas
+        .node(1)
+        .install(TENANT, fixture_package("echo_tool"))
+        .await;
+    assert_eq!(
+        echo_eventually(replicas.node(1), "one", INSTALL_LIMIT, || replicas.logs()).await,
+        "one"
+    );
+    // The others heard of it and start their own copies.
+    for n in [2, 3] {
+        assert_eq!(
+            replicas.node(n).installation_id(TENANT, &identifier).await,
+            Some(installation.clone()),
+            "listed through replica {n}"
+        );
+        assert_eq!(
+            echo_eventually(replicas.node(n), &format!("via {n}"), INSTALL_LIMIT, || {
+                replicas.logs()
+            })
+            .await,
+            format!("via {n}")
+        );
+    }
+    for n in 1..=3 {
+        assert!(
+            !processes_under(&replicas.working(n)).is_empty(),
+            "replica {n} runs its own copy\n{}",
+            replicas.logs()
+        );
+    }
+
+    let removed = replicas
+        .node(3)
+        .management(
+            TENANT,
+            "uninstall",
+            Some(json!({"plugin_installation_id": installation})),
+        )
+        .await;
+    assert_eq!(removed["code"], 0, "{removed}");
+    for n in 1..=3 {
+        let working = replicas.working(n);
+        wait_until(
+            &format!("replica {n} still runs the uninstalled plugin"),
+            Duration::from_secs(30),
+            || processes_under(&working).is_empty(),
+            || replicas.logs(),
+        )
+        .await;
+    }
+    for n in 1..=3 {
+        let body = replicas
+            .node(n)
+            .call_tool(TENANT, ECHO, "echo_tool", "echo", json!({"text": "gone"}))
+            .await;
+        let envelope: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(envelope["code"], -404, "replica {n}: {body}");
+    }
+    replicas.stop().await;
+}
