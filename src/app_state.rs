@@ -234,12 +234,15 @@ impl AppState {
             store.clone(),
             cluster.clone(),
         ));
-        let installer = Arc::new(Installer::new(
-            store.clone(),
-            step,
-            runtime_type,
-            settings.plugin_package_cache_path.clone(),
-        ));
+        let installer = Arc::new(
+            Installer::new(
+                store.clone(),
+                step,
+                runtime_type,
+                settings.plugin_package_cache_path.clone(),
+            )
+            .with_lease(cluster.node_id(), cluster.options().node_timeout),
+        );
         installer.recover().await?;
         let inner_api = InnerApiClient::new(InnerApiConfig::from_settings(&settings))?;
         let plugin_storage = PluginStorage::new(

@@ -45,6 +45,7 @@ fn postgres() -> Option<String> {
 /// Three replicas and the folders they share.
 struct Replicas {
     root: tempfile::TempDir,
+    database_url: String,
     nodes: Vec<Daemon>,
 }
 
@@ -80,7 +81,11 @@ impl Replicas {
         for n in 1..=3 {
             nodes.push(Daemon::start(replica_spec(root.path(), &database_url, n, uid_base)).await);
         }
-        Some(Self { root, nodes })
+        Some(Self {
+            root,
+            database_url,
+            nodes,
+        })
     }
 
     fn node(&self, n: usize) -> &Daemon {
@@ -235,5 +240,52 @@ async fn an_install_through_one_replica_is_served_by_all_and_an_uninstall_stops_
         let envelope: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
         assert_eq!(envelope["code"], -404, "replica {n}: {body}");
     }
+    replicas.stop().await;
+}
+
+#[tokio::test]
+async fn an_install_whose_replica_is_killed_ends_and_a_starting_replica_leaves_running_ones_alone()
+{
+    let Some(mut replicas) = Replicas::start(64_000).await else {
+        return;
+    };
+    // Killed while it builds the plugin's environment: the task must end
+    // (never stay running), as seen through another replica.
+    let (_, task) = replicas
+        .node(1)
+        .start_install(TENANT, fixture_package("echo_tool"))
+        .await;
+    replicas.nodes[0].kill().await;
+    let ended = replicas
+        .node(2)
+        .wait_task(TENANT, &task, Duration::from_secs(60))
+        .await;
+    let status = ended["status"].as_str().unwrap();
+    assert!(status == "failed" || status == "success", "{ended}");
+    if status == "failed" {
+        assert_eq!(
+            ended["plugins"][0]["message"],
+            plugind::install::INTERRUPTED_MESSAGE,
+            "{ended}"
+        );
+    }
+
+    // A replica starting while another one installs recovers only tasks
+    // whose lease ended: this one succeeds.
+    let (identifier, task) = replicas
+        .node(2)
+        .start_install(TENANT, fixture_package("echo_tool"))
+        .await;
+    let database_url = replicas.database_url.clone();
+    let late = Daemon::start(replica_spec(replicas.root.path(), &database_url, 4, 64_000)).await;
+    let done = late.wait_task(TENANT, &task, INSTALL_LIMIT).await;
+    assert_eq!(done["status"], "success", "{done}\n{}", replicas.logs());
+    // The late replica catches up and serves it too.
+    assert_eq!(
+        echo_eventually(&late, "late", INSTALL_LIMIT, || late.log()).await,
+        "late"
+    );
+    assert!(late.installation_id(TENANT, &identifier).await.is_some());
+    late.stop().await;
     replicas.stop().await;
 }

@@ -63,4 +63,7 @@ async fn reap(cluster: &Cluster, state: &AppState) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot reap dead nodes"),
     }
+    if let Err(e) = state.installer.recover_expired().await {
+        tracing::warn!(error = %e, "cannot take over expired install tasks");
+    }
 }

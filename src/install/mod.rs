@@ -130,6 +130,8 @@ pub struct Installer {
     installing: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     /// The running jobs, so a drain can wait for them.
     jobs: tokio_util::task::TaskTracker,
+    /// The node whose lease tasks carry, and the lease's length.
+    lease: Option<(String, Duration)>,
 }
 
 /// Counts a job of `identifier` as running until dropped.
@@ -190,6 +192,33 @@ impl Installer {
             finished_task_ttl: Duration::from_secs(120),
             installing: Default::default(),
             jobs: tokio_util::task::TaskTracker::new(),
+            lease: None,
+        }
+    }
+
+    /// Tasks are leased by `node_id` for `ttl` (renewed with its
+    /// heartbeat), and recovery takes over only tasks whose lease ended.
+    pub fn with_lease(mut self, node_id: impl Into<String>, ttl: Duration) -> Self {
+        self.lease = Some((node_id.into(), ttl));
+        self
+    }
+
+    async fn create_task(
+        &self,
+        tenant_id: &str,
+        plugins: Vec<TaskPluginStatus>,
+    ) -> Result<crate::store::InstallTask, StoreError> {
+        match &self.lease {
+            Some((node, ttl)) => {
+                self.store
+                    .create_leased_task(tenant_id, TaskStatus::Running, plugins, node, *ttl)
+                    .await
+            }
+            None => {
+                self.store
+                    .create_task(tenant_id, TaskStatus::Running, plugins)
+                    .await
+            }
         }
     }
 
@@ -218,16 +247,63 @@ impl Installer {
         self
     }
 
-    /// Fails the tasks a previous daemon left pending or running.
+    /// Settles the tasks a stopped daemon left pending or running (run at
+    /// start-up, before this node runs any job). With leases only tasks whose
+    /// lease ended are touched, this node's own earlier ones included (a
+    /// node restarted under the same id); without, every unfinished task.
     pub async fn recover(&self) -> Result<u64, StoreError> {
-        let n = self
-            .store
-            .fail_unfinished_tasks(INTERRUPTED_MESSAGE)
-            .await?;
-        if n > 0 {
-            tracing::warn!(tasks = n, "marked interrupted install tasks as failed");
+        if self.lease.is_none() {
+            let n = self
+                .store
+                .fail_unfinished_tasks(INTERRUPTED_MESSAGE)
+                .await?;
+            if n > 0 {
+                tracing::warn!(tasks = n, "marked interrupted install tasks as failed");
+            }
+            return Ok(n);
         }
-        Ok(n)
+        self.take_over(true).await
+    }
+
+    /// Settles the tasks of nodes whose lease ended (a node that died or
+    /// stopped mid-install); run periodically by every node.
+    pub async fn recover_expired(&self) -> Result<u64, StoreError> {
+        self.take_over(false).await
+    }
+
+    /// Takes over the expired tasks and ends each plugin of them: success
+    /// when its installation was recorded before its node stopped (the job
+    /// got that far), failed otherwise. Nothing is run again: a task's
+    /// metadata and kind are not stored, so it cannot be repeated exactly.
+    async fn take_over(&self, own: bool) -> Result<u64, StoreError> {
+        let Some((node, ttl)) = &self.lease else {
+            return Ok(0);
+        };
+        let tasks = self.store.claim_expired_tasks(node, *ttl, own).await?;
+        for task in &tasks {
+            for plugin in task
+                .plugins
+                .iter()
+                .filter(|p| !matches!(p.status, TaskStatus::Success | TaskStatus::Failed))
+            {
+                let identifier = &plugin.plugin_unique_identifier;
+                let recorded = self
+                    .store
+                    .installation_by_identifier(&task.tenant_id, identifier)
+                    .await?
+                    .is_some();
+                let (status, message) = if recorded {
+                    (TaskStatus::Success, "installed")
+                } else {
+                    (TaskStatus::Failed, INTERRUPTED_MESSAGE)
+                };
+                self.store
+                    .update_task_plugin(&task.id, identifier, Some(status), message)
+                    .await?;
+            }
+            tracing::warn!(task_id = %task.id, "took over an install task whose node stopped; settled it");
+        }
+        Ok(tasks.len() as u64)
     }
 
     async fn declaration(&self, identifier: &str) -> DaemonResult<Value> {
@@ -302,10 +378,7 @@ impl Installer {
             .zip(&declarations)
             .map(|(id, d)| Self::status_for(id, d, source))
             .collect();
-        let task = self
-            .store
-            .create_task(tenant_id, TaskStatus::Running, statuses)
-            .await?;
+        let task = self.create_task(tenant_id, statuses).await?;
         for ((id, declaration), meta) in identifiers.iter().zip(declarations).zip(metas) {
             let job = self.job(tenant_id, id, declaration);
             self.spawn(
@@ -368,10 +441,7 @@ impl Installer {
             });
         }
         let status = Self::status_for(new, &declaration, source);
-        let task = self
-            .store
-            .create_task(tenant_id, TaskStatus::Running, vec![status])
-            .await?;
+        let task = self.create_task(tenant_id, vec![status]).await?;
         let job = self.job(tenant_id, new, declaration);
         self.spawn(
             task.id.clone(),

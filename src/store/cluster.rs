@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{from_micros, Backend, Result, Store};
+use super::{
+    from_micros, new_id, now_micros, task_from_row, Backend, InstallTask, Result, Store,
+    TaskPluginStatus, TaskStatus, TASK_COLS,
+};
 
 /// A node as the store sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,9 +223,17 @@ impl Store {
 
     /// Pushes the expiry of every lease `node_id` holds to `ttl` from now.
     pub async fn renew_leases(&self, node_id: &str, ttl: Duration) -> Result<()> {
+        let now = self.now_sql();
         sqlx::query(&format!(
-            "UPDATE build_locks SET expires_at = {} + $1 WHERE node_id = $2",
-            self.now_sql()
+            "UPDATE build_locks SET expires_at = {now} + $1 WHERE node_id = $2"
+        ))
+        .bind(micros(ttl))
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE install_tasks SET lease_expires_at = {now} + $1 \
+             WHERE node_id = $2 AND status IN ('pending', 'running')"
         ))
         .bind(micros(ttl))
         .bind(node_id)
@@ -238,6 +249,105 @@ impl Store {
             .bind(node_id)
             .execute(&self.pool)
             .await?;
+        sqlx::query(
+            "UPDATE install_tasks SET lease_expires_at = 0 \
+             WHERE node_id = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+}
+
+/// Unfinished tasks whose lease ended: none taken, expired, or held by a
+/// node that is gone. `$1` is the node asking, `$2` whether its own leases
+/// count as ended (a node starting again under the same id).
+fn expired_task_condition(now: &str) -> String {
+    format!(
+        "status IN ('pending', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < {now} \
+         OR node_id IS NULL OR node_id NOT IN (SELECT id FROM cluster_nodes) \
+         OR (node_id = $1 AND $2))"
+    )
+}
+
+impl Store {
+    /// Creates an install task leased by `node_id` for `ttl`.
+    pub async fn create_leased_task(
+        &self,
+        tenant_id: &str,
+        status: TaskStatus,
+        plugins: Vec<TaskPluginStatus>,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<InstallTask> {
+        let now = now_micros();
+        let task = InstallTask {
+            id: new_id(),
+            created_at: from_micros(now),
+            updated_at: from_micros(now),
+            status,
+            tenant_id: tenant_id.to_owned(),
+            total_plugins: plugins.len() as i64,
+            completed_plugins: 0,
+            plugins,
+        };
+        sqlx::query(&format!(
+            "INSERT INTO install_tasks ({TASK_COLS}, node_id, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {} + $10)",
+            self.now_sql()
+        ))
+        .bind(&task.id)
+        .bind(now)
+        .bind(now)
+        .bind(task.status.as_str())
+        .bind(tenant_id)
+        .bind(task.total_plugins)
+        .bind(0i64)
+        .bind(serde_json::to_string(&task.plugins).expect("task plugins serialize"))
+        .bind(node_id)
+        .bind(micros(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(task)
+    }
+
+    /// Takes over the unfinished tasks whose lease ended, leasing each to
+    /// `node_id` for `ttl`; `own` counts `node_id`'s own leases as ended.
+    /// A task is taken by one node only, however many ask at once.
+    pub async fn claim_expired_tasks(
+        &self,
+        node_id: &str,
+        ttl: Duration,
+        own: bool,
+    ) -> Result<Vec<InstallTask>> {
+        let now = self.now_sql();
+        let condition = expired_task_condition(now);
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLS} FROM install_tasks WHERE {condition}"
+        ))
+        .bind(node_id)
+        .bind(own)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::new();
+        for row in &rows {
+            let task = task_from_row(row)?;
+            let done = sqlx::query(&format!(
+                "UPDATE install_tasks SET node_id = $3, lease_expires_at = {now} + $4 \
+                 WHERE id = $5 AND {condition}"
+            ))
+            .bind(node_id)
+            .bind(own)
+            .bind(node_id)
+            .bind(micros(ttl))
+            .bind(&task.id)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                claimed.push(task);
+            }
+        }
+        Ok(claimed)
     }
 }
