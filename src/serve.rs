@@ -74,17 +74,78 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     let debug = start_debug_listener(&state).await?;
     tracing::info!(%addr, "plugind listening");
-    axum::serve(listener, crate::api::app(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let drain_started = serve_until_drained(&state, listener).await?;
     if let Some(debug) = debug {
         debug.shutdown().await;
+    }
+    // Install jobs get what is left of the drain; the tasks of those that
+    // still run are handed over (their leases expire now, another node
+    // settles them) rather than left for the lease timeout.
+    let left = state
+        .cluster
+        .options()
+        .drain_timeout
+        .saturating_sub(drain_started.elapsed());
+    if !state.installer.wait_idle(left).await {
+        tracing::warn!("install tasks still running at the end of the drain; handing them over");
+    }
+    if let Err(e) = state.store.release_leases(state.cluster.node_id()).await {
+        tracing::warn!(error = %e, "cannot hand the node's leases over");
     }
     state.registry.shutdown_all().await;
     background.stop().await;
     state.cluster.deregister(&state.store).await;
     tracing::info!("plugind stopped");
     Ok(())
+}
+
+/// Serves the API until SIGINT or SIGTERM, then drains: readiness turns
+/// 503 and new requests are refused while open ones (dispatch streams
+/// included) run on for at most CLUSTER_DRAIN_TIMEOUT; whatever is still
+/// open then is closed. Returns when the drain began.
+async fn serve_until_drained(
+    state: &AppState,
+    listener: impl axum::serve::Listener<Io: Send, Addr: Send + std::fmt::Debug> + 'static,
+) -> anyhow::Result<std::time::Instant> {
+    use std::future::IntoFuture;
+    let grace = state.cluster.options().drain_timeout;
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+    let graceful = {
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
+            let started = std::time::Instant::now();
+            state.cluster.begin_drain(&state.store).await;
+            if !state.cluster.in_flight.wait_idle(grace).await {
+                tracing::warn!(
+                    open = state.cluster.in_flight.open(),
+                    "drain timeout reached with requests still open; closing them"
+                );
+            }
+            let _ = drained_tx.send(started);
+        }
+    };
+    let mut server = tokio::spawn(
+        axum::serve(listener, crate::api::app(state.clone()))
+            .with_graceful_shutdown(graceful)
+            .into_future(),
+    );
+    tokio::select! {
+        joined = &mut server => {
+            joined??;
+            Ok(std::time::Instant::now())
+        }
+        started = drained_rx => {
+            // Open requests are done or past the grace: connections still
+            // open (idle keep-alives, requests past the drain) are closed.
+            if let Ok(joined) = tokio::time::timeout(std::time::Duration::from_secs(2), &mut server).await {
+                joined??;
+            } else {
+                server.abort();
+            }
+            Ok(started.unwrap_or_else(|_| std::time::Instant::now()))
+        }
+    }
 }
 
 /// Starts the debugging plugin listener when PLUGIN_REMOTE_INSTALLING_ENABLED.

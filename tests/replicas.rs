@@ -16,6 +16,7 @@ mod dispatch_common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use common::daemon::{open_for_plugins, sse_envelopes, Daemon, DaemonSpec};
@@ -287,5 +288,152 @@ async fn an_install_whose_replica_is_killed_ends_and_a_starting_replica_leaves_r
     );
     assert!(late.installation_id(TENANT, &identifier).await.is_some());
     late.stop().await;
+    replicas.stop().await;
+}
+
+async fn ready(daemon: &Daemon) -> (u16, Value) {
+    let r = daemon
+        .client
+        .get(daemon.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn round_robin_calls_succeed_and_a_draining_replica_finishes_its_sessions() {
+    let Some(mut replicas) = Replicas::start(67_000).await else {
+        return;
+    };
+    for n in 1..=3 {
+        let (status, body) = ready(replicas.node(n)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["node_id"], format!("replica-{n}"));
+    }
+    replicas
+        .node(1)
+        .install(TENANT, fixture_package("echo_tool"))
+        .await;
+    for n in 1..=3 {
+        echo_eventually(replicas.node(n), "warm", INSTALL_LIMIT, || replicas.logs()).await;
+    }
+
+    // A few hundred calls spread over the three, a handful at a time.
+    let calls = futures::stream::iter(0..300).map(|i| {
+        let daemon = replicas.node(i % 3 + 1);
+        async move {
+            let text = format!("call {i}");
+            let body = daemon
+                .call_tool(TENANT, ECHO, "echo_tool", "echo", json!({"text": text}))
+                .await;
+            (i, text, body)
+        }
+    });
+    let answers: Vec<_> = futures::StreamExt::buffer_unordered(calls, 6)
+        .collect()
+        .await;
+    for (i, text, body) in &answers {
+        let envelopes = sse_envelopes(body);
+        assert!(
+            envelopes.iter().all(|e| e["code"] == 0),
+            "call {i} through replica {}: {body}",
+            i % 3 + 1
+        );
+        assert_eq!(&texts(&envelopes), text, "call {i}");
+    }
+    assert_eq!(answers.len(), 300);
+
+    // SIGTERM while a slow session runs on replica 2: it stops taking work
+    // (readiness and new calls answer 503) and the session finishes.
+    let slow = {
+        let daemon = &replicas.nodes[1];
+        let url = daemon.url(&format!("/plugin/{TENANT}/dispatch/tool/invoke"));
+        daemon
+            .client
+            .post(url)
+            .header("X-Api-Key", SERVER_KEY)
+            .header("X-Plugin-ID", ECHO)
+            .json(
+                &json!({"user_id": "u", "data": {"provider": "echo_tool", "tool": "slow",
+                "credentials": {}, "credential_type": "api-key",
+                "tool_parameters": {"count": 8, "delay": 0.5}}}),
+            )
+            .send()
+    };
+    let slow = tokio::spawn(async move { slow.await.unwrap().text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = replicas.node(2).pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let drained = loop {
+        let (status, body) = ready(replicas.node(2)).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(drained["status"], "draining");
+    let refused = replicas
+        .node(2)
+        .client
+        .post(
+            replicas
+                .node(2)
+                .url(&format!("/plugin/{TENANT}/dispatch/tool/invoke")),
+        )
+        .header("X-Api-Key", SERVER_KEY)
+        .header("X-Plugin-ID", ECHO)
+        .json(
+            &json!({"user_id": "u", "data": {"provider": "echo_tool", "tool": "echo",
+            "credentials": {}, "credential_type": "api-key", "tool_parameters": {"text": "x"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    let body = slow.await.unwrap();
+    let envelopes = sse_envelopes(&body);
+    assert!(envelopes.iter().all(|e| e["code"] == 0), "{body}");
+    assert_eq!(
+        texts(&envelopes),
+        (0..8).map(|i| format!("chunk {i}")).collect::<String>()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(30), replicas.nodes[1].child.wait())
+        .await
+        .expect("the drained replica exits")
+        .unwrap();
+    assert!(exit.success(), "{exit}\n{}", replicas.node(2).log());
+    // Gone from the nodes at once; the others carry on.
+    let store = plugind::store::Store::connect(&replicas.database_url, 1)
+        .await
+        .unwrap();
+    let nodes: Vec<String> = store
+        .nodes(Duration::from_secs(NODE_TIMEOUT))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(nodes, ["replica-1", "replica-3"]);
+    store.close().await;
+    for n in [1, 3] {
+        assert_eq!(
+            replicas
+                .node(n)
+                .tool(TENANT, ECHO, "echo_tool", "echo", json!({"text": "after"}))
+                .await,
+            "after"
+        );
+    }
     replicas.stop().await;
 }

@@ -135,6 +135,10 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .merge(gateway.routes())
         .merge(endpoints.public)
         .merge(serverless::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::drain::guard,
+        ))
         .with_state(state)
 }
 

@@ -6,6 +6,7 @@
 //! [`Cluster`] holds this node's identity and health; [`heartbeat`] runs
 //! the loop that keeps it alive and reaps the dead.
 
+pub mod drain;
 pub mod heartbeat;
 pub mod launcher;
 pub mod leases;
@@ -102,6 +103,8 @@ pub struct Cluster {
     working_path_id: std::sync::OnceLock<String>,
     /// Local plugin starts in flight.
     pub(crate) launches: launcher::Launches,
+    /// Open requests, for the drain.
+    pub in_flight: std::sync::Arc<drain::InFlight>,
 }
 
 impl Cluster {
@@ -124,6 +127,7 @@ impl Cluster {
             build_scope,
             working_path_id: std::sync::OnceLock::new(),
             launches: Default::default(),
+            in_flight: Default::default(),
         }
     }
 
