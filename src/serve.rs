@@ -73,8 +73,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let _ = tcp.set_nodelay(true);
         });
     let debug = start_debug_listener(&state).await?;
+    // Only over PostgreSQL can another replica exist to call this one.
+    let internal = if state.cluster.is_shared() {
+        Some(
+            crate::cluster::forward::InternalListener::start(&state)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        )
+    } else {
+        None
+    };
     tracing::info!(%addr, "plugind listening");
     let drain_started = serve_until_drained(&state, listener).await?;
+    if let Some(internal) = internal {
+        internal.stop().await;
+    }
     if let Some(debug) = debug {
         debug.shutdown().await;
     }

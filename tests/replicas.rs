@@ -124,9 +124,12 @@ async fn echo_eventually(
         let body = daemon
             .call_tool(TENANT, ECHO, "echo_tool", "echo", json!({"text": text}))
             .await;
-        let envelopes = sse_envelopes(&body);
-        if !envelopes.is_empty() && envelopes.iter().all(|e| e["code"] == 0) {
-            return texts(&envelopes);
+        // Not installed here yet: a plain envelope rather than a stream.
+        if body.starts_with("data: ") {
+            let envelopes = sse_envelopes(&body);
+            if envelopes.iter().all(|e| e["code"] == 0) {
+                return texts(&envelopes);
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -435,5 +438,179 @@ async fn round_robin_calls_succeed_and_a_draining_replica_finishes_its_sessions(
             "after"
         );
     }
+    replicas.stop().await;
+}
+
+/// The tenant's listed installations of `plugin_id` through `daemon`.
+async fn listed(daemon: &Daemon, plugin_id: &str) -> Vec<Value> {
+    let list = daemon
+        .management(TENANT, "list?page=1&page_size=100", None)
+        .await;
+    list["data"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["plugin_id"] == plugin_id)
+        .collect()
+}
+
+/// The owner's count of open plugin sessions, from its metrics.
+async fn sessions_in_flight(daemon: &Daemon) -> i64 {
+    let text = daemon
+        .client
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.split_once("plugin_sessions_in_flight ").map(|(_, v)| v))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no session gauge in {text}"))
+}
+
+fn tools_python() -> PathBuf {
+    std::env::var_os("TOOLS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/plugind/tools/venv/bin/python")
+        })
+}
+
+#[tokio::test]
+async fn a_debugging_plugin_on_one_replica_is_served_through_all_and_goes_with_it() {
+    let Some(mut replicas) = Replicas::start(70_000).await else {
+        return;
+    };
+    let key: Value = replicas
+        .node(2)
+        .client
+        .post(
+            replicas
+                .node(2)
+                .url(&format!("/plugin/{TENANT}/debugging/key")),
+        )
+        .header("X-Api-Key", SERVER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["data"]["key"].as_str().unwrap().to_owned();
+    // Connected to replica 1, with a key replica 2 handed out.
+    let _plugin = tokio::process::Command::new(tools_python())
+        .args(["-m", "main"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/echo_tool"))
+        .env("INSTALL_METHOD", "remote")
+        .env(
+            "REMOTE_INSTALL_URL",
+            format!("127.0.0.1:{}", replicas.node(1).debug_port),
+        )
+        .env("REMOTE_INSTALL_KEY", &key)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the debugging plugin");
+    for n in [1, 2, 3] {
+        assert_eq!(
+            echo_eventually(
+                replicas.node(n),
+                &format!("debug {n}"),
+                Duration::from_secs(60),
+                || replicas.logs()
+            )
+            .await,
+            format!("debug {n}")
+        );
+    }
+    // A forwarded stream arrives whole, chunk by chunk.
+    let slow = replicas
+        .node(3)
+        .tool(
+            TENANT,
+            ECHO,
+            "echo_tool",
+            "slow",
+            json!({"count": 4, "delay": 0.3}),
+        )
+        .await;
+    assert_eq!(slow, "chunk 0chunk 1chunk 2chunk 3");
+    // A plugin error crosses as the plugin's own typed error.
+    let failed = replicas
+        .node(2)
+        .call_tool(TENANT, ECHO, "echo_tool", "fail", json!({}))
+        .await;
+    let envelopes = sse_envelopes(&failed);
+    let last = envelopes.last().unwrap();
+    assert_eq!(last["code"], -500, "{failed}");
+    let message: Value = serde_json::from_str(last["message"].as_str().unwrap()).unwrap();
+    assert_eq!(message["error_type"], "PluginInvokeError", "{failed}");
+
+    // The caller going away ends the owner's session too.
+    let mut stream = replicas
+        .node(3)
+        .client
+        .post(
+            replicas
+                .node(3)
+                .url(&format!("/plugin/{TENANT}/dispatch/tool/invoke")),
+        )
+        .header("X-Api-Key", SERVER_KEY)
+        .header("X-Plugin-ID", ECHO)
+        .json(
+            &json!({"user_id": "u", "data": {"provider": "echo_tool", "tool": "slow",
+            "credentials": {}, "credential_type": "api-key",
+            "tool_parameters": {"count": 60, "delay": 0.5}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("chunk 0"),
+        "{first:?}"
+    );
+    assert_eq!(sessions_in_flight(replicas.node(1)).await, 1);
+    drop(stream);
+    let owner = replicas.node(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while sessions_in_flight(owner).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the owner's session outlived its caller\n{}",
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The owner dies without a word: the registration is gone from the
+    // others within the node timeout (plus a heartbeat or two).
+    assert_eq!(listed(replicas.node(2), ECHO).await.len(), 1);
+    replicas.nodes[0].kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(NODE_TIMEOUT * 5);
+    while !listed(replicas.node(2), ECHO).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead replica's debugging plugin is still installed\n{}",
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let body = replicas
+        .node(3)
+        .call_tool(TENANT, ECHO, "echo_tool", "echo", json!({"text": "x"}))
+        .await;
+    let envelope: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(envelope["code"], -404, "{body}");
     replicas.stop().await;
 }

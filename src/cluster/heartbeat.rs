@@ -66,4 +66,9 @@ async fn reap(cluster: &Cluster, state: &AppState) {
     if let Err(e) = state.installer.recover_expired().await {
         tracing::warn!(error = %e, "cannot take over expired install tasks");
     }
+    if cluster.is_shared() {
+        if let Err(e) = super::remote::remove_orphans(state, false).await {
+            tracing::warn!(error = %e, "cannot remove debugging installations of dead nodes");
+        }
+    }
 }

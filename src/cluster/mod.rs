@@ -7,10 +7,12 @@
 //! the loop that keeps it alive and reaps the dead.
 
 pub mod drain;
+pub mod forward;
 pub mod heartbeat;
 pub mod launcher;
 pub mod leases;
 pub mod notify;
+pub mod remote;
 pub mod sync;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +107,8 @@ pub struct Cluster {
     pub(crate) launches: launcher::Launches,
     /// Open requests, for the drain.
     pub in_flight: std::sync::Arc<drain::InFlight>,
+    /// Calls to other nodes; one pool for the daemon.
+    pub(crate) client: reqwest::Client,
 }
 
 impl Cluster {
@@ -128,6 +132,11 @@ impl Cluster {
             working_path_id: std::sync::OnceLock::new(),
             launches: Default::default(),
             in_flight: Default::default(),
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -289,14 +298,23 @@ impl Background {
     }
 }
 
-/// Finds the runtime of an installed `identifier` that has none registered
-/// on this node: a local plugin is started here (waiting, at most
+/// Where a call for an installed plugin is served.
+pub enum Located {
+    /// By this runtime, on this node.
+    Here(std::sync::Arc<dyn crate::runtime::PluginRuntime>),
+    /// By another node, where the debugging plugin is connected.
+    Owner(crate::store::NodeRecord),
+}
+
+/// Finds where an installed `identifier` without a runtime registered on
+/// this node is served: a local plugin is started here (waiting, at most
 /// CLUSTER_LAUNCH_WAIT, for a start already under way), a Lambda function
-/// recorded by another node is registered.
-pub async fn runtime_for(
+/// recorded by another node is registered, and a debugging plugin
+/// connected to another live node is served there.
+pub async fn locate(
     state: &crate::app_state::AppState,
     identifier: &str,
-) -> Result<std::sync::Arc<dyn crate::runtime::PluginRuntime>, crate::error::DaemonError> {
+) -> Result<Located, crate::error::DaemonError> {
     use crate::error::DaemonError;
     let not_running = || DaemonError::internal_msg(format!("plugin {identifier} is not running"));
     let plugin = state
@@ -319,7 +337,16 @@ pub async fn runtime_for(
                     .map_err(|e| DaemonError::internal("cannot register the Lambda function", e))?;
             }
         }
+        "remote" => {
+            if let Some(owner) = remote::owner(state, identifier).await? {
+                return Ok(Located::Owner(owner));
+            }
+        }
         _ => {}
     }
-    state.registry.get(identifier).ok_or_else(not_running)
+    state
+        .registry
+        .get(identifier)
+        .map(Located::Here)
+        .ok_or_else(not_running)
 }

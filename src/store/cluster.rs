@@ -12,8 +12,8 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{
-    from_micros, new_id, now_micros, task_from_row, Backend, InstallTask, Result, Store,
-    TaskPluginStatus, TaskStatus, TASK_COLS,
+    from_micros, installation_from_row, new_id, now_micros, task_from_row, Backend, InstallTask,
+    Installation, Result, Store, TaskPluginStatus, TaskStatus, INSTALLATION_COLS, TASK_COLS,
 };
 
 /// A node as the store sees it.
@@ -349,5 +349,122 @@ impl Store {
             }
         }
         Ok(claimed)
+    }
+}
+
+impl Store {
+    /// Records that the debugging plugin `identifier` is connected to
+    /// `node_id` through the connection `holder` (taking it over from any
+    /// earlier connection).
+    pub async fn claim_remote(
+        &self,
+        identifier: &str,
+        tenant_id: &str,
+        plugin_id: &str,
+        node_id: &str,
+        holder: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO remote_owners (plugin_unique_identifier, tenant_id, plugin_id, node_id, holder, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (plugin_unique_identifier) DO UPDATE SET \
+             tenant_id = excluded.tenant_id, plugin_id = excluded.plugin_id, node_id = excluded.node_id, \
+             holder = excluded.holder, created_at = excluded.created_at",
+        )
+        .bind(identifier)
+        .bind(tenant_id)
+        .bind(plugin_id)
+        .bind(node_id)
+        .bind(holder)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the claim of the connection `holder` on `identifier` (no-op
+    /// when a later connection took it over).
+    pub async fn release_remote(&self, identifier: &str, holder: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM remote_owners WHERE plugin_unique_identifier = $1 AND holder = $2",
+        )
+        .bind(identifier)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The node the debugging plugin `identifier` is connected to, `alive`
+    /// judged against `timeout`.
+    pub async fn remote_owner(
+        &self,
+        identifier: &str,
+        timeout: Duration,
+    ) -> Result<Option<NodeRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT n.id, n.address, n.started_at, n.heartbeat_at, n.draining, \
+             CAST(CASE WHEN n.heartbeat_at >= {} - $1 THEN 1 ELSE 0 END AS BIGINT) AS alive \
+             FROM remote_owners o JOIN cluster_nodes n ON n.id = o.node_id \
+             WHERE o.plugin_unique_identifier = $2",
+            self.now_sql()
+        ))
+        .bind(micros(timeout))
+        .bind(identifier)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    /// Debugging installations no live node serves: no owner row, an owner
+    /// node gone or silent past `timeout`, or (`own`) owned by `node_id`
+    /// itself, which has just started and holds no connection yet.
+    pub async fn orphaned_remote_installations(
+        &self,
+        node_id: &str,
+        timeout: Duration,
+        own: bool,
+    ) -> Result<Vec<Installation>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM plugin_installations i WHERE i.runtime_type = 'remote' AND NOT EXISTS ( \
+             SELECT 1 FROM remote_owners o JOIN cluster_nodes n ON n.id = o.node_id \
+             WHERE o.plugin_unique_identifier = i.plugin_unique_identifier \
+             AND n.heartbeat_at >= {} - $1 AND NOT (o.node_id = $2 AND $3)) \
+             ORDER BY i.created_at, i.id",
+            INSTALLATION_COLS
+                .split(", ")
+                .map(|c| format!("i.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.now_sql()
+        ))
+        .bind(micros(timeout))
+        .bind(node_id)
+        .bind(own)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(installation_from_row).collect()
+    }
+
+    /// Removes the owner row of `identifier` if its node is gone or silent
+    /// past `timeout`, or is `stale_node` (this node's earlier run), after
+    /// its leftover installation was removed. A row a live node claimed
+    /// meanwhile stays.
+    pub async fn forget_remote_owner(
+        &self,
+        identifier: &str,
+        timeout: Duration,
+        stale_node: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "DELETE FROM remote_owners WHERE plugin_unique_identifier = $1 AND (node_id = $2 OR node_id NOT IN \
+             (SELECT id FROM cluster_nodes WHERE heartbeat_at >= {} - $3))",
+            self.now_sql()
+        ))
+        .bind(identifier)
+        .bind(stale_node.unwrap_or(""))
+        .bind(micros(timeout))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
