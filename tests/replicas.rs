@@ -8,9 +8,7 @@
 //! without it every test says so and passes. Each test has its own
 //! database, folders and plugin uid ranges, and stops what it started.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 mod dispatch_common;
 
 use std::path::{Path, PathBuf};
