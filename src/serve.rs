@@ -74,9 +74,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     let debug = start_debug_listener(&state).await?;
     // Only over PostgreSQL can another replica exist to call this one.
+    let gateway = crate::api::mcp_gateway(&state);
     let internal = if state.cluster.is_shared() {
         Some(
-            crate::cluster::forward::InternalListener::start(&state)
+            crate::cluster::forward::InternalListener::start(&state, Some(gateway.clone()))
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?,
         )
@@ -84,7 +85,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None
     };
     tracing::info!(%addr, "plugind listening");
-    let drain_started = serve_until_drained(&state, listener).await?;
+    let drain_started = serve_until_drained(&state, listener, gateway).await?;
     if let Some(internal) = internal {
         internal.stop().await;
     }
@@ -119,6 +120,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 async fn serve_until_drained(
     state: &AppState,
     listener: impl axum::serve::Listener<Io: Send, Addr: Send + std::fmt::Debug> + 'static,
+    gateway: std::sync::Arc<crate::mcp::McpGateway>,
 ) -> anyhow::Result<std::time::Instant> {
     use std::future::IntoFuture;
     let grace = state.cluster.options().drain_timeout;
@@ -139,7 +141,7 @@ async fn serve_until_drained(
         }
     };
     let mut server = tokio::spawn(
-        axum::serve(listener, crate::api::app(state.clone()))
+        axum::serve(listener, crate::api::app_with_mcp(state.clone(), gateway))
             .with_graceful_shutdown(graceful)
             .into_future(),
     );

@@ -612,3 +612,123 @@ async fn a_debugging_plugin_on_one_replica_is_served_through_all_and_goes_with_i
     assert_eq!(envelope["code"], -404, "{body}");
     replicas.stop().await;
 }
+
+#[tokio::test]
+async fn an_mcp_session_opened_on_one_replica_is_served_through_the_others() {
+    let Some(replicas) = Replicas::start(73_000).await else {
+        return;
+    };
+    let api = |n: usize, path: &str| {
+        replicas
+            .node(n)
+            .url(&format!("/plugin/{TENANT}/mcp/servers{path}"))
+    };
+    let created: Value = replicas
+        .node(1)
+        .client
+        .post(api(1, ""))
+        .header("X-Api-Key", SERVER_KEY)
+        .json(&json!({"name": "replicated", "user_id": "u1", "tools": "all"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["code"], 0, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let path = created["data"]["path"].as_str().unwrap().to_owned();
+    let token: Value = replicas
+        .node(2)
+        .client
+        .post(api(2, &format!("/{id}/tokens")))
+        .header("X-Api-Key", SERVER_KEY)
+        .json(&json!({"name": "tests"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["data"]["token"].as_str().unwrap().to_owned();
+    let version = "2025-06-18";
+    let post = |n: usize, session: Option<&str>, body: Value| {
+        let daemon = replicas.node(n);
+        let mut request = daemon
+            .client
+            .post(daemon.url(&path))
+            .bearer_auth(&token)
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", version)
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("Mcp-Session-Id", session);
+        }
+        request.send()
+    };
+    let opened = post(
+        1,
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = post(
+        2,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .unwrap();
+    let status = initialized.status();
+    assert_eq!(status, 202, "{}", initialized.text().await.unwrap());
+    let listed = post(
+        3,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.status(), 200);
+    let body = listed.text().await.unwrap();
+    assert!(body.contains("\"tools\""), "{body}");
+    // A session nobody opened is unknown everywhere.
+    let unknown = post(
+        2,
+        Some("no-such-session"),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), 404);
+    // Closed through another replica, it is gone from all.
+    let closed = replicas
+        .node(2)
+        .client
+        .delete(replicas.node(2).url(&path))
+        .bearer_auth(&token)
+        .header("Mcp-Session-Id", &session)
+        .header("MCP-Protocol-Version", version)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 200);
+    for n in 1..=3 {
+        let after = post(
+            n,
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(after.status(), 404, "replica {n}");
+    }
+    replicas.stop().await;
+}

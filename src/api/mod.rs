@@ -28,10 +28,17 @@ const MULTIPART_SLACK: u64 = 1024 * 1024;
 /// The daemon's router. Kept apart from serving so tests can drive it with
 /// `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
+    let gateway = mcp_gateway(&state);
+    app_with_mcp(state, gateway)
+}
+
+/// The daemon's MCP gateway, running tools through the dispatch path and
+/// following MCP changes made through other replicas.
+pub fn mcp_gateway(state: &AppState) -> std::sync::Arc<crate::mcp::McpGateway> {
     let invoker = crate::mcp::invoker::RuntimeInvoker::new(state.clone());
     let gateway = crate::mcp::McpGateway::new(state.clone(), invoker);
-    crate::cluster::sync::follow_mcp(&state, &gateway);
-    app_with_mcp(state, gateway)
+    crate::cluster::sync::follow_mcp(state, &gateway);
+    gateway
 }
 
 /// [`app`] with a given MCP gateway (tests run tools through their own

@@ -46,10 +46,10 @@ pub const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Largest accepted difference between a call's time and the target's clock.
 pub const MAX_SKEW_SECS: u64 = 60;
 
-const FROM_HEADER: &str = "X-Plugind-From";
-const TO_HEADER: &str = "X-Plugind-To";
-const TIME_HEADER: &str = "X-Plugind-Time";
-const SIGNATURE_HEADER: &str = "X-Plugind-Signature";
+pub(super) const FROM_HEADER: &str = "X-Plugind-From";
+pub(super) const TO_HEADER: &str = "X-Plugind-To";
+pub(super) const TIME_HEADER: &str = "X-Plugind-Time";
+pub(super) const SIGNATURE_HEADER: &str = "X-Plugind-Signature";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -62,14 +62,21 @@ pub fn call_key(server_key: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn mac(key: &[u8], time: u64, from: &str, to: &str, path: &str, body: &[u8]) -> HmacSha256 {
+pub(super) fn mac(
+    key: &[u8],
+    time: u64,
+    from: &str,
+    to: &str,
+    path: &str,
+    body: &[u8],
+) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(format!("{time}\n{from}\n{to}\n{path}\n").as_bytes());
     mac.update(hex::encode(Sha256::digest(body)).as_bytes());
     mac
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -173,19 +180,28 @@ impl Line {
 
 // ----- the owner's side ---------------------------------------------------
 
-/// The internal listener's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The internal listener's routes: forwarded invocations, and requests of
+/// MCP sessions held here when `gateway` is given.
+pub fn router(state: AppState, gateway: Option<std::sync::Arc<crate::mcp::McpGateway>>) -> Router {
+    let mut router = Router::new()
         .route(INVOKE_PATH, post(serve_invoke))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            super::drain::count,
-        ))
-        .with_state(state)
+        .with_state(state.clone());
+    if let Some(gateway) = gateway {
+        router = router.merge(super::mcp::routes(state.clone(), gateway));
+    }
+    router.layer(axum::middleware::from_fn_with_state(
+        state,
+        super::drain::count,
+    ))
 }
 
-/// Why a call was refused; the text goes back in a 401.
-fn verify(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+/// Why a call to `path` was refused; the text goes back in a 401.
+pub(super) fn verify(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    body: &[u8],
+) -> Result<(), &'static str> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(from), Some(to), Some(time), Some(signature)) = (
         header(FROM_HEADER),
@@ -201,7 +217,7 @@ fn verify(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), &'st
     }
     let signature = hex::decode(signature).map_err(|_| "bad signature")?;
     let key = call_key(state.settings.server_key.expose());
-    mac(&key, time, from, to, INVOKE_PATH, body)
+    mac(&key, time, from, to, path, body)
         .verify_slice(&signature)
         .map_err(|_| "bad signature")?;
     if to != state.cluster.node_id() {
@@ -211,7 +227,7 @@ fn verify(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), &'st
 }
 
 async fn serve_invoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(why) = verify(&state, &headers, &body) {
+    if let Err(why) = verify(&state, &headers, INVOKE_PATH, &body) {
         tracing::warn!(why, "refused a call from another node");
         return (StatusCode::UNAUTHORIZED, why).into_response();
     }
@@ -292,6 +308,29 @@ impl LineReader {
     }
 }
 
+/// The headers that sign a call of this node to `to` at `path`.
+pub(super) fn signed(
+    state: &AppState,
+    request: reqwest::RequestBuilder,
+    to: &str,
+    path: &str,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    let from = state.cluster.node_id();
+    let time = unix_now();
+    let key = call_key(state.settings.server_key.expose());
+    let signature = hex::encode(
+        mac(&key, time, from, to, path, body)
+            .finalize()
+            .into_bytes(),
+    );
+    request
+        .header(FROM_HEADER, from)
+        .header(TO_HEADER, to)
+        .header(TIME_HEADER, time.to_string())
+        .header(SIGNATURE_HEADER, signature)
+}
+
 /// Runs `request` on the node `owner`, where its debugging plugin is
 /// connected, and returns the chunks as they come.
 pub async fn invoke(
@@ -307,22 +346,11 @@ pub async fn invoke(
     };
     let body = serde_json::to_vec(&WireRequest::from(request))
         .map_err(|e| DaemonError::internal("cannot encode a forwarded call", e))?;
-    let from = state.cluster.node_id();
-    let time = unix_now();
-    let key = call_key(state.settings.server_key.expose());
-    let signature = hex::encode(
-        mac(&key, time, from, &owner.id, INVOKE_PATH, &body)
-            .finalize()
-            .into_bytes(),
-    );
-    let response = state
+    let request = state
         .cluster
         .client
-        .post(format!("{}{INVOKE_PATH}", owner.address))
-        .header(FROM_HEADER, from)
-        .header(TO_HEADER, &owner.id)
-        .header(TIME_HEADER, time.to_string())
-        .header(SIGNATURE_HEADER, signature)
+        .post(format!("{}{INVOKE_PATH}", owner.address));
+    let response = signed(state, request, &owner.id, INVOKE_PATH, &body)
         .header(axum::http::header::CONTENT_TYPE, "application/json")
         .body(body)
         .send()
@@ -461,7 +489,10 @@ fn with_port(address: &str, port: u16) -> String {
 impl InternalListener {
     /// Binds CLUSTER_INTERNAL_HOST:CLUSTER_INTERNAL_PORT, publishes the
     /// address other nodes reach it at, and serves.
-    pub async fn start(state: &AppState) -> Result<Self, String> {
+    pub async fn start(
+        state: &AppState,
+        gateway: Option<std::sync::Arc<crate::mcp::McpGateway>>,
+    ) -> Result<Self, String> {
         let settings = &state.settings.cluster;
         let bind = with_port(
             &settings.cluster_internal_host,
@@ -488,7 +519,7 @@ impl InternalListener {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let server = axum::serve(listener, router(state.clone()))
+        let server = axum::serve(listener, router(state.clone(), gateway))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let task = tokio::spawn(async move {
             if let Err(e) = server.await {

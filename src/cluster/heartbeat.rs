@@ -70,5 +70,12 @@ async fn reap(cluster: &Cluster, state: &AppState) {
         if let Err(e) = super::remote::remove_orphans(state, false).await {
             tracing::warn!(error = %e, "cannot remove debugging installations of dead nodes");
         }
+        if let Err(e) = state
+            .store
+            .forget_dead_mcp_sessions(cluster.options().node_timeout)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot forget MCP sessions of dead nodes");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod heartbeat;
 pub mod launcher;
 pub mod leases;
+pub mod mcp;
 pub mod notify;
 pub mod remote;
 pub mod sync;

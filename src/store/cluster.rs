@@ -468,3 +468,71 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records that MCP session `session_id` of `server_id` lives on `node_id`.
+    pub async fn record_mcp_session(
+        &self,
+        session_id: &str,
+        server_id: &str,
+        node_id: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO mcp_sessions (session_id, server_id, node_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (session_id) DO UPDATE SET server_id = excluded.server_id, node_id = excluded.node_id",
+        )
+        .bind(session_id)
+        .bind(server_id)
+        .bind(node_id)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an MCP session (closed).
+    pub async fn forget_mcp_session(&self, session_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM mcp_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The node holding MCP session `session_id` of `server_id`, `alive`
+    /// judged against `timeout`.
+    pub async fn mcp_session_node(
+        &self,
+        session_id: &str,
+        server_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<NodeRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT n.id, n.address, n.started_at, n.heartbeat_at, n.draining, \
+             CAST(CASE WHEN n.heartbeat_at >= {} - $1 THEN 1 ELSE 0 END AS BIGINT) AS alive \
+             FROM mcp_sessions s JOIN cluster_nodes n ON n.id = s.node_id \
+             WHERE s.session_id = $2 AND s.server_id = $3",
+            self.now_sql()
+        ))
+        .bind(micros(timeout))
+        .bind(session_id)
+        .bind(server_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    /// Forgets the MCP sessions of nodes gone or silent past `timeout`:
+    /// they died with their node.
+    pub async fn forget_dead_mcp_sessions(&self, timeout: Duration) -> Result<u64> {
+        let done = sqlx::query(&format!(
+            "DELETE FROM mcp_sessions WHERE node_id NOT IN \
+             (SELECT id FROM cluster_nodes WHERE heartbeat_at >= {} - $1)",
+            self.now_sql()
+        ))
+        .bind(micros(timeout))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
