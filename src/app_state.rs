@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::backwards::{InnerApiClient, InnerApiConfig, InnerApiError, PluginStorage};
+use crate::cluster::{BuildScope, Cluster};
 use crate::install::lambda_artifact::PackagerBuilder;
 use crate::install::local::LocalInstallStep;
 use crate::install::packages::{PackageSettings, Packages};
@@ -61,6 +62,8 @@ pub struct AppState {
     pub local: Option<Arc<LocalInstallStep>>,
     /// The serverless platform's install step (PLATFORM=serverless).
     pub serverless: Option<Arc<ServerlessInstallStep>>,
+    /// This daemon as a node among the replicas sharing the database.
+    pub cluster: Arc<Cluster>,
 }
 
 /// Which install step the state is built with.
@@ -129,6 +132,17 @@ impl AppState {
             DatabaseTarget::Postgres(url) => url.expose().to_owned(),
         };
         let store = Store::connect(&url, settings.db_max_open_conns).await?;
+        let build_scope = match settings.platform {
+            // Lambda functions and artifacts are shared by every node.
+            Platform::Serverless => BuildScope::Lambda,
+            Platform::Local => BuildScope::WorkingPath(settings.working_path()),
+        };
+        let cluster = Arc::new(Cluster::new(
+            &settings.cluster,
+            store.backend(),
+            build_scope,
+        ));
+        cluster.register(&store).await?;
         let root = &settings.plugin_storage_local_root;
         std::fs::create_dir_all(root).map_err(|source| AppStateError::Storage {
             path: root.display().to_string(),
@@ -215,6 +229,11 @@ impl AppState {
                 (local.clone() as Arc<dyn InstallStep>, Some(local))
             }
         };
+        let step: Arc<dyn InstallStep> = Arc::new(crate::cluster::leases::LockedStep::new(
+            step,
+            store.clone(),
+            cluster.clone(),
+        ));
         let installer = Arc::new(
             Installer::new(
                 store.clone(),
@@ -222,7 +241,8 @@ impl AppState {
                 runtime_type,
                 settings.plugin_package_cache_path.clone(),
             )
-            .with_install_timeout(settings.install_timeout()),
+            .with_install_timeout(settings.install_timeout())
+            .with_lease(cluster.node_id(), cluster.options().node_timeout),
         );
         installer.recover().await?;
         let inner_api = InnerApiClient::new(InnerApiConfig::from_settings(&settings))?;
@@ -242,6 +262,7 @@ impl AppState {
             plugin_storage,
             local,
             serverless,
+            cluster,
         })
     }
 }

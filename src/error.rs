@@ -92,6 +92,23 @@ impl DaemonError {
         }
     }
 
+    /// The error named by `error_type` (as [`DaemonError::error_type`]
+    /// gives it) with the text `message`: how an error crosses from one
+    /// replica to another. An unknown type is an internal error.
+    pub fn from_type(error_type: &str, message: String) -> Self {
+        match error_type {
+            "PluginDaemonBadRequestError" => Self::BadRequest(message),
+            "PluginUniqueIdentifierError" => Self::UniqueIdentifier(message),
+            "PluginDaemonNotFoundError" => Self::NotFound(message),
+            "PluginNotFoundError" => Self::PluginNotFound,
+            "PluginDaemonUnauthorizedError" => Self::Unauthorized,
+            "PluginPermissionDeniedError" => Self::PermissionDenied(message),
+            "PluginInvokeError" => Self::PluginInvoke(message),
+            "ConnectionClosedError" => Self::ConnectionClosed,
+            _ => Self::internal_msg(message),
+        }
+    }
+
     /// The envelope's negative `code`.
     pub fn code(&self) -> i32 {
         match self {
@@ -128,6 +145,31 @@ impl DaemonError {
             other => {
                 tracing::debug!(error_type = other.error_type(), error = %other, "request refused")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_survives_its_type_and_text() {
+        for err in [
+            DaemonError::BadRequest("b".into()),
+            DaemonError::UniqueIdentifier("u".into()),
+            DaemonError::NotFound("n".into()),
+            DaemonError::PluginNotFound,
+            DaemonError::Unauthorized,
+            DaemonError::PermissionDenied("p".into()),
+            DaemonError::PluginInvoke("{\"message\":\"m\"}".into()),
+            DaemonError::ConnectionClosed,
+            DaemonError::internal_msg("i"),
+        ] {
+            let back = DaemonError::from_type(err.error_type(), err.to_string());
+            assert_eq!(back.error_type(), err.error_type());
+            assert_eq!(back.to_string(), err.to_string());
+            assert_eq!(back.code(), err.code());
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app_state;
 pub mod backwards;
+pub mod cluster;
 pub mod debug;
 pub mod dispatch;
 pub mod doctor;

@@ -68,17 +68,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )
     };
     let state = AppState::build(settings).await?;
+    let background = crate::cluster::Background::start(&state);
     if nix::unistd::geteuid().is_root() {
         let (root, working, files) = &daemon_files;
         crate::runtime::sandbox::protect_daemon_files(root, working, files);
     }
     if let Some(local) = state.local.clone() {
         // In the background: the API answers (and Dify's install polling
-        // works) while environments are checked and plugins come up.
-        let store = state.store.clone();
+        // works) while environments are checked and plugins come up. The
+        // catch-up starts through the same path as notifications and
+        // dispatch, so a plugin asked for meanwhile is started once.
+        let state = state.clone();
         tokio::spawn(async move {
             local.sweep_leftovers().await;
-            local.relaunch_installed(&store, launching).await
+            crate::cluster::launcher::catch_up(&state, launching).await
         });
     }
     let listener = TcpListener::bind(addr)
@@ -90,18 +93,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let _ = tcp.set_nodelay(true);
         });
     let debug = start_debug_listener(&state).await?;
+    // Only over PostgreSQL can another replica exist to call this one.
+    let gateway = crate::api::mcp_gateway(&state);
+    let internal = if state.cluster.is_shared() {
+        Some(
+            crate::cluster::forward::InternalListener::start(&state, Some(gateway.clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        )
+    } else {
+        None
+    };
     tracing::info!(%addr, "plugind listening");
-    serve_http(
-        listener,
-        crate::api::app(state.clone()),
-        HttpTimeouts::default(),
-        shutdown_signal(),
-    )
-    .await;
+    let drain_started = serve_until_drained(&state, listener, gateway).await?;
+    if let Some(internal) = internal {
+        internal.stop().await;
+    }
     if let Some(debug) = debug {
         debug.shutdown().await;
     }
+    // Install jobs get what is left of the drain; the tasks of those that
+    // still run are handed over (their leases expire now, another node
+    // settles them) rather than left for the lease timeout.
+    let left = state
+        .cluster
+        .options()
+        .drain_timeout
+        .saturating_sub(drain_started.elapsed());
+    if !state.installer.wait_idle(left).await {
+        tracing::warn!("install tasks still running at the end of the drain; handing them over");
+    }
+    if let Err(e) = state.store.release_leases(state.cluster.node_id()).await {
+        tracing::warn!(error = %e, "cannot hand the node's leases over");
+    }
     state.registry.shutdown_all().await;
+    background.stop().await;
+    state.cluster.deregister(&state.store).await;
     tracing::info!("plugind stopped");
     Ok(())
 }
@@ -242,6 +269,53 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Serves the API until SIGINT or SIGTERM, then drains: readiness turns
+/// 503 and new requests are refused while open ones (dispatch streams
+/// included) run on for at most CLUSTER_DRAIN_TIMEOUT; whatever is still
+/// open then is closed. Returns when the drain began.
+async fn serve_until_drained<L>(
+    state: &AppState,
+    listener: L,
+    gateway: std::sync::Arc<crate::mcp::McpGateway>,
+) -> anyhow::Result<Instant>
+where
+    L: Listener + 'static,
+{
+    let grace = state.cluster.options().drain_timeout;
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let drained = {
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
+            let started = Instant::now();
+            state.cluster.begin_drain(&state.store).await;
+            if !state.cluster.in_flight.wait_idle(grace).await {
+                tracing::warn!(
+                    open = state.cluster.in_flight.open(),
+                    "drain timeout reached with requests still open; closing them"
+                );
+            }
+            let _ = drained_tx.send(started);
+        }
+    };
+    let app = crate::api::app_with_mcp(state.clone(), gateway);
+    let mut server = tokio::spawn(serve_http(listener, app, HttpTimeouts::default(), drained));
+    tokio::select! {
+        joined = &mut server => {
+            joined?;
+            Ok(Instant::now())
+        }
+        started = drained_rx => {
+            // Open requests are done or past the grace: connections still
+            // open (requests past the drain) are closed.
+            if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
+                server.abort();
+            }
+            Ok(started.unwrap_or_else(|_| Instant::now()))
+        }
     }
 }
 

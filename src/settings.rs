@@ -238,6 +238,11 @@ pub struct Settings {
     )]
     pub db_max_open_conns: u32,
 
+    /// Several replicas over one PostgreSQL: node identity, the internal
+    /// listener, heartbeats and the SIGTERM drain.
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
+
     /// Storage backend for packages and assets.
     #[arg(
         long,
@@ -688,6 +693,99 @@ pub struct Settings {
     pub mcp_public_url: Option<String>,
 }
 
+/// Settings of running several replicas over one PostgreSQL: each replica
+/// is a node with a heartbeat, and replicas call each other on an internal
+/// listener (only with PostgreSQL; on SQLite the daemon is its one node).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Replicas (several daemons over one PostgreSQL)")]
+pub struct ClusterSettings {
+    /// This replica's node id. Unset: a fresh random id at each start. Set it to something stable per replica (a StatefulSet pod name) so a restarted replica takes its own unfinished install tasks back at once instead of after CLUSTER_NODE_TIMEOUT.
+    #[arg(long, env = "CLUSTER_NODE_ID", value_name = "CLUSTER_NODE_ID")]
+    pub cluster_node_id: Option<String>,
+
+    /// Address the internal listener binds: other replicas forward calls of debugging plugins connected here to it (PostgreSQL only).
+    #[arg(
+        long,
+        env = "CLUSTER_INTERNAL_HOST",
+        value_name = "CLUSTER_INTERNAL_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub cluster_internal_host: String,
+
+    /// Port of the internal listener; 0 picks a free port (the one bound is what other replicas are told).
+    #[arg(
+        long,
+        env = "CLUSTER_INTERNAL_PORT",
+        value_name = "CLUSTER_INTERNAL_PORT",
+        default_value_t = 5004
+    )]
+    pub cluster_internal_port: u16,
+
+    /// Host (or host:port) other replicas use to reach the internal listener, e.g. the pod IP. Unset: CLUSTER_INTERNAL_HOST when it names one address, else this machine's host name.
+    #[arg(
+        long,
+        env = "CLUSTER_INTERNAL_ADDRESS",
+        value_name = "CLUSTER_INTERNAL_ADDRESS"
+    )]
+    pub cluster_internal_address: Option<String>,
+
+    /// Seconds between a replica's heartbeats, which also renew its install-task and build leases.
+    #[arg(
+        long,
+        env = "CLUSTER_HEARTBEAT_INTERVAL",
+        value_name = "CLUSTER_HEARTBEAT_INTERVAL",
+        default_value_t = 5
+    )]
+    pub cluster_heartbeat_interval: u64,
+
+    /// Seconds without a heartbeat after which a replica counts as dead: its leases expire and its debugging plugins are removed.
+    #[arg(
+        long,
+        env = "CLUSTER_NODE_TIMEOUT",
+        value_name = "CLUSTER_NODE_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub cluster_node_timeout: u64,
+
+    /// Longest a call waits, in seconds, for this replica's copy of a local plugin that is still starting.
+    #[arg(
+        long,
+        env = "CLUSTER_LAUNCH_WAIT",
+        value_name = "CLUSTER_LAUNCH_WAIT",
+        default_value_t = 120
+    )]
+    pub cluster_launch_wait: u64,
+
+    /// Seconds SIGTERM gives open requests, sessions and install tasks to finish before the replica stops and hands its leases over.
+    #[arg(
+        long,
+        env = "CLUSTER_DRAIN_TIMEOUT",
+        value_name = "CLUSTER_DRAIN_TIMEOUT",
+        default_value_t = 25
+    )]
+    pub cluster_drain_timeout: u64,
+}
+
+impl ClusterSettings {
+    /// Checks the relations clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster_heartbeat_interval == 0 {
+            return Err("CLUSTER_HEARTBEAT_INTERVAL must be greater than 0".into());
+        }
+        if self.cluster_node_timeout < 2 * self.cluster_heartbeat_interval {
+            return Err(
+                "CLUSTER_NODE_TIMEOUT must be at least twice CLUSTER_HEARTBEAT_INTERVAL".into(),
+            );
+        }
+        if let Some(id) = &self.cluster_node_id {
+            if id.trim().is_empty() || id.len() > 128 {
+                return Err("CLUSTER_NODE_ID must be 1 to 128 characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How the store connects, derived from the DB_* settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseTarget {
@@ -776,6 +874,7 @@ impl Settings {
     /// must exist. The message names the variable at fault.
     pub fn validate(&self) -> Result<(), String> {
         self.database_target()?;
+        self.cluster.validate()?;
         if !self.dify_inner_api_url.starts_with("http://")
             && !self.dify_inner_api_url.starts_with("https://")
         {

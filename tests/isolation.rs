@@ -8,18 +8,15 @@
 //! probes run against the degraded mode (the daemon's uid, Landlock where
 //! the kernel has it), where the environment must be just as clean.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 mod dispatch_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use dispatch_common::{envelopes, fixture_package};
+use dispatch_common::fixture_package;
 
 const TENANT_A: &str = "tenant-a";
 const TENANT_B: &str = "tenant-b";
@@ -38,8 +35,7 @@ fn is_root() -> bool {
 
 /// A `plugind serve` process with a temp storage root and working folder.
 struct Daemon {
-    child: tokio::process::Child,
-    base: String,
+    inner: common::daemon::Daemon,
     /// The daemon's working folder (holds `.env`) and storage root.
     dir: tempfile::TempDir,
     client: reqwest::Client,
@@ -68,78 +64,35 @@ impl Daemon {
         extra: &[(&str, String)],
     ) -> Self {
         // Plugin uids must be able to walk down to their folders.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )
-        .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("plugind.log"))
-            .unwrap();
-        let port = free_port();
-        let debug_port = free_port();
+        common::daemon::open_for_plugins(dir.path());
         std::fs::write(
             dir.path().join(".env"),
             format!("ISOLATION_DOTENV_SECRET={DOTENV_SECRET}\n"),
         )
         .unwrap();
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.arg("serve")
-            .current_dir(dir.path())
-            .env("SERVER_HOST", "127.0.0.1")
-            .env("SERVER_PORT", port.to_string())
-            .env("SERVER_KEY", SERVER_KEY)
-            .env("PLUGIN_REMOTE_INSTALLING_HOST", "127.0.0.1")
-            .env("PLUGIN_REMOTE_INSTALLING_PORT", debug_port.to_string())
-            .env("DIFY_INNER_API_URL", "http://127.0.0.1:9")
-            .env("PLUGIN_STORAGE_LOCAL_ROOT", dir.path().join("storage"))
-            .env("PLATFORM", "local")
-            .env("FORCE_VERIFYING_SIGNATURE", "false")
-            .env("DB_TYPE", "sqlite")
-            .env(
-                "UV_CACHE_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("uv-cache"),
-            )
-            .env("LOG_LEVEL", "info")
-            .envs(SECRETS.iter().copied())
-            .env("PLUGIN_UID_RANGE", uid_range)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true);
-        if let Ok(python) = std::env::var("PYTHON312") {
-            cmd.env("PYTHON_INTERPRETER_PATH", python);
+        let mut spec = common::daemon::DaemonSpec::new(dir.path(), uid_range, SERVER_KEY);
+        for (name, value) in SECRETS {
+            spec = spec.env(name, *value);
         }
-        cmd.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Some(uid) = run_as {
-            cmd.uid(uid).gid(uid);
+        for (name, value) in extra {
+            spec = spec.env(name, value.as_str());
         }
-        let child = cmd.spawn().expect("plugind starts");
-        let daemon = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
+        spec.program = program.to_owned();
+        spec.run_as = run_as;
+        let inner = common::daemon::Daemon::start(spec).await;
+        Self {
+            client: inner.client.clone(),
+            inner,
             dir,
-            client: reqwest::Client::new(),
-        };
-        for _ in 0..300 {
-            if let Ok(r) = daemon.client.get(daemon.url("/health/check")).send().await {
-                if r.status().is_success() {
-                    return daemon;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("plugind did not start:\n{}", daemon.log());
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.inner.url(path)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("plugind.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     fn storage(&self) -> PathBuf {
@@ -151,84 +104,13 @@ impl Daemon {
     }
 
     async fn management(&self, tenant: &str, path: &str, body: Option<Value>) -> Value {
-        let url = self.url(&format!("/plugin/{tenant}/management/{path}"));
-        let req = match body {
-            Some(body) => self.client.post(url).json(&body),
-            None => self.client.get(url),
-        };
-        req.header("X-Api-Key", SERVER_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.inner.management(tenant, path, body).await
     }
 
     /// Uploads and installs a fixture for `tenant`; returns the identifier
     /// and the installation id.
     async fn install(&self, tenant: &str, fixture: &str) -> (String, String) {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "dify_pkg",
-                reqwest::multipart::Part::bytes(fixture_package(fixture)).file_name("p.difypkg"),
-            )
-            .text("verify_signature", "false");
-        let up: Value = self
-            .client
-            .post(self.url(&format!(
-                "/plugin/{tenant}/management/install/upload/package"
-            )))
-            .header("X-Api-Key", SERVER_KEY)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(up["code"], 0, "{up}");
-        let id = up["data"]["unique_identifier"].as_str().unwrap().to_owned();
-        let started = self
-            .management(
-                tenant,
-                "install/identifiers",
-                Some(
-                    json!({"plugin_unique_identifiers": [id], "source": "package", "metas": [{}]}),
-                ),
-            )
-            .await;
-        assert_eq!(started["code"], 0, "{started}");
-        let task = started["data"]["task_id"].as_str().unwrap().to_owned();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            let t = self
-                .management(tenant, &format!("install/tasks/{task}"), None)
-                .await;
-            match t["data"]["status"].as_str() {
-                Some("success") => break,
-                Some("failed") => panic!("install of {fixture} failed: {t}\n{}", self.log()),
-                _ => {}
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "install did not end: {t}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let list = self
-            .management(tenant, "list?page=1&page_size=100", None)
-            .await;
-        let installation = list["data"]["list"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["plugin_unique_identifier"] == id.as_str())
-            .unwrap_or_else(|| panic!("{id} not listed: {list}"))["installation_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        (id, installation)
+        self.inner.install(tenant, fixture_package(fixture)).await
     }
 
     /// Calls a tool and returns its text messages joined.
@@ -240,41 +122,9 @@ impl Daemon {
         tool: &str,
         params: Value,
     ) -> String {
-        let body = json!({
-            "user_id": "u1",
-            "conversation_id": null,
-            "message_id": null,
-            "app_id": null,
-            "endpoint_id": null,
-            "context": {},
-            "data": {
-                "provider": provider,
-                "tool": tool,
-                "credentials": {"api_key": "k"},
-                "credential_type": "api-key",
-                "tool_parameters": params,
-            },
-        });
-        let text = self
-            .client
-            .post(self.url(&format!("/plugin/{tenant}/dispatch/tool/invoke")))
-            .header("X-Api-Key", SERVER_KEY)
-            .header("X-Plugin-ID", plugin)
-            .json(&body)
-            .send()
+        self.inner
+            .tool(tenant, plugin, provider, tool, params)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let mut out = String::new();
-        for e in envelopes(&text) {
-            assert_eq!(e["code"], 0, "{e}\n{}", self.log());
-            if let Some(t) = e["data"]["message"]["text"].as_str() {
-                out.push_str(t);
-            }
-        }
-        out
     }
 
     /// Runs one `probe` action of the hostile plugin.
@@ -302,27 +152,10 @@ impl Daemon {
         .await
     }
 
-    async fn stop(mut self) -> tempfile::TempDir {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+    async fn stop(self) -> tempfile::TempDir {
+        self.inner.stop().await;
         self.dir
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The unpacked folder of an installed identifier.
@@ -513,7 +346,7 @@ async fn hostile_probes(daemon: Daemon, own_uid: bool) {
         .contains("hostile_tool"));
 
     // Signals to the daemon.
-    let daemon_pid = daemon.child.id().unwrap().to_string();
+    let daemon_pid = daemon.inner.pid().unwrap().to_string();
     assert_refused(
         &daemon.probe("signal", &daemon_pid).await,
         "signalling the daemon",

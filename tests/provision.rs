@@ -10,14 +10,16 @@ mod common;
 mod dispatch_common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::daemon::{free_port, Daemon};
+use common::daemon::{free_port, open_for_plugins, Daemon, DaemonSpec};
 use dispatch_common::{fixture_files, fixture_package, zip_files};
 
 const TENANT_A: &str = "tenant-provision-a";
 const TENANT_B: &str = "tenant-provision-b";
+const SERVER_KEY: &str = "server-key-provision-5e1b";
 
 /// `<working>/.tools`, where the daemon keeps the uv it installs.
 fn tools(daemon: &Daemon) -> PathBuf {
@@ -47,42 +49,37 @@ fn python_only_bin(dir: &Path) -> PathBuf {
 /// Starts the daemon over `dir` as on a machine without uv: fresh HOME,
 /// no UV_PATH, no PYTHON_INTERPRETER_PATH, PATH = python-only bin and the
 /// system folders; `extra` are more variables.
-async fn start_without_uv(
-    dir: tempfile::TempDir,
-    uid_range: &str,
-    extra: &[(&str, String)],
-) -> Daemon {
-    let bin = python_only_bin(dir.path());
-    let home = dir.path().join("home");
+async fn start_without_uv(dir: &Path, uid_range: &str, extra: &[(&str, String)]) -> Daemon {
+    open_for_plugins(dir);
+    let bin = python_only_bin(dir);
+    let home = dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
-    Daemon::start(dir, |cmd| {
-        cmd.env_remove("UV_PATH")
-            .env_remove("PYTHON_INTERPRETER_PATH")
-            .env_remove("PYENV_ROOT")
-            .env_remove("VIRTUAL_ENV")
-            .env("HOME", &home)
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .env("PLUGIN_UID_RANGE", uid_range)
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
-    })
-    .await
+    let mut spec = DaemonSpec::new(dir, uid_range, SERVER_KEY)
+        .without("UV_PATH")
+        .without("PYTHON_INTERPRETER_PATH")
+        .without("PYENV_ROOT")
+        .without("VIRTUAL_ENV")
+        .env("HOME", home.to_string_lossy())
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+    for (name, value) in extra {
+        spec = spec.env(name, value.as_str());
+    }
+    Daemon::start(spec).await
 }
 
 /// Uploads and installs; returns the identifier, the task's last state
 /// and every message it showed.
 async fn try_install(daemon: &Daemon, tenant: &str, pkg: Vec<u8>) -> (String, Value, Vec<String>) {
-    let id = daemon.upload(tenant, pkg).await;
-    let task = daemon.start_install(tenant, &id).await;
-    let (t, seen) = daemon.wait_task(tenant, &task).await;
+    let (id, task) = daemon.start_install(tenant, pkg).await;
+    let (t, seen) = daemon
+        .wait_task_messages(tenant, &task, Duration::from_secs(300))
+        .await;
     (id, t, seen)
 }
 
 fn failure_message(task: &Value) -> String {
-    assert_eq!(task["data"]["status"], "failed", "{task}");
-    task["data"]["plugins"][0]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    assert_eq!(task["status"], "failed", "{task}");
+    task["plugins"][0]["message"].as_str().unwrap().to_owned()
 }
 
 /// Entries of the tools folder left by an installation in progress.
@@ -114,20 +111,16 @@ async fn uv_is_installed_on_first_need_and_the_plugin_runs() {
     // uv's Python downloads go to a port that refuses, as on a machine
     // that cannot reach them.
     let refused = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
     let daemon = start_without_uv(
-        tempfile::tempdir().unwrap(),
+        dir.path(),
         "53000-53999",
         &[("UV_PYTHON_INSTALL_MIRROR", refused)],
     )
     .await;
 
     let (_, task, seen) = try_install(&daemon, TENANT_A, fixture_package("echo_tool")).await;
-    assert_eq!(
-        task["data"]["status"],
-        "success",
-        "{task}\n{}",
-        daemon.log()
-    );
+    assert_eq!(task["status"], "success", "{task}\n{}", daemon.log());
     assert!(
         seen.iter().any(|m| m.starts_with("installing uv")),
         "the task shows uv being installed: {seen:#?}"
@@ -198,12 +191,8 @@ async fn uv_is_installed_on_first_need_and_the_plugin_runs() {
 #[tokio::test]
 async fn a_refused_index_fails_the_task_clearly_and_nothing_half_built_is_used_after() {
     let refused = format!("http://127.0.0.1:{}/simple", free_port());
-    let daemon = start_without_uv(
-        tempfile::tempdir().unwrap(),
-        "54000-54999",
-        &[("PIP_MIRROR_URL", refused)],
-    )
-    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_without_uv(dir.path(), "54000-54999", &[("PIP_MIRROR_URL", refused)]).await;
     let (_, task, seen) = try_install(&daemon, TENANT_A, fixture_package("echo_tool")).await;
     let message = failure_message(&task);
     for needed in [
@@ -228,7 +217,7 @@ async fn a_refused_index_fails_the_task_clearly_and_nothing_half_built_is_used_a
         "{:?}",
         leftovers(&tools_dir)
     );
-    let dir = daemon.stop().await;
+    daemon.stop().await;
 
     // A uv folder a crash left without its marker, with a binary that does
     // not work, is replaced, not used, once pip can reach an index.
@@ -241,14 +230,9 @@ async fn a_refused_index_fails_the_task_clearly_and_nothing_half_built_is_used_a
     )
     .unwrap();
     std::fs::remove_dir_all(dir.path().join("bin")).unwrap();
-    let daemon = start_without_uv(dir, "54000-54999", &[]).await;
+    let daemon = start_without_uv(dir.path(), "54000-54999", &[]).await;
     let (_, task, seen) = try_install(&daemon, TENANT_A, fixture_package("echo_tool")).await;
-    assert_eq!(
-        task["data"]["status"],
-        "success",
-        "{task}\n{}",
-        daemon.log()
-    );
+    assert_eq!(task["status"], "success", "{task}\n{}", daemon.log());
     assert!(
         seen.iter().any(|m| m.starts_with("installing uv")),
         "{seen:#?}"

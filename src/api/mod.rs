@@ -28,9 +28,17 @@ const MULTIPART_SLACK: u64 = 1024 * 1024;
 /// The daemon's router. Kept apart from serving so tests can drive it with
 /// `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
+    let gateway = mcp_gateway(&state);
+    app_with_mcp(state, gateway)
+}
+
+/// The daemon's MCP gateway, running tools through the dispatch path and
+/// following MCP changes made through other replicas.
+pub fn mcp_gateway(state: &AppState) -> std::sync::Arc<crate::mcp::McpGateway> {
     let invoker = crate::mcp::invoker::RuntimeInvoker::new(state.clone());
     let gateway = crate::mcp::McpGateway::new(state.clone(), invoker);
-    app_with_mcp(state, gateway)
+    crate::cluster::sync::follow_mcp(state, &gateway);
+    gateway
 }
 
 /// [`app`] with a given MCP gateway (tests run tools through their own
@@ -132,6 +140,7 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         ));
     let mut router = Router::new()
         .route("/health/check", get(health_check))
+        .route("/health/ready", get(health_ready))
         .merge(plugin_routes)
         .merge(dispatch::router(state.clone()))
         .merge(gateway.routes())
@@ -143,7 +152,12 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
     if state.settings.prometheus_enabled {
         router = router.route("/metrics", get(crate::metrics::handler));
     }
-    router.with_state(state)
+    router
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::drain::guard,
+        ))
+        .with_state(state)
 }
 
 /// Refuses requests whose `X-Api-Key` is not SERVER_KEY. Both sides are
@@ -163,6 +177,24 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
         return DaemonError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// Readiness for orchestrators: 200 once migrations ran and the node is
+/// registered and heartbeating, 503 before that, while draining after
+/// SIGTERM, and when heartbeats have failed past the node timeout. Liveness
+/// stays `/health/check`, which answers as long as the process serves.
+async fn health_ready(State(state): State<AppState>) -> Response {
+    let readiness = state.cluster.readiness();
+    let status = if readiness == crate::cluster::Readiness::Ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": readiness.as_str(),
+        "node_id": state.cluster.node_id(),
+    });
+    (status, Json(body)).into_response()
 }
 
 /// The reference answers a bare JSON object here, not an envelope

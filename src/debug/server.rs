@@ -167,25 +167,17 @@ pub enum DebugServerError {
 
 impl DebugServer {
     /// Starts serving `listener`. Debugging installations left by a previous
-    /// run are removed first: their connections died with that process.
+    /// run (or by a replica that died) are removed first: their connections
+    /// died with that process.
     pub async fn start(
         state: AppState,
         listener: TcpListener,
         options: DebugOptions,
     ) -> Result<Self, DebugServerError> {
         let local_addr = listener.local_addr().map_err(DebugServerError::Address)?;
-        for stale in state
-            .store
-            .installations_by_runtime_type(RUNTIME_TYPE)
-            .await?
-        {
-            tracing::info!(plugin = %stale.plugin_unique_identifier, tenant = %stale.tenant_id,
-                "removing a debugging installation left by a previous run");
-            state
-                .store
-                .uninstall_plugin(&stale.tenant_id, &stale.id)
-                .await?;
-        }
+        // Only installations no live replica serves: those of other
+        // replicas' connections stay.
+        crate::cluster::remote::remove_orphans(&state, true).await?;
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(options.max_conn.max(1))),
             state,
@@ -473,6 +465,8 @@ struct Installed {
     installation_id: String,
     /// The registry entry, to remove exactly this one.
     entry: Arc<dyn PluginRuntime>,
+    /// This connection's claim in `remote_owners`.
+    owner_token: String,
 }
 
 /// Checks the declaration, stores assets, takes over a previous connection
@@ -519,7 +513,20 @@ async fn install(
         // Only a leftover of a failed clean-up can be here; it has no connection.
         tracing::warn!(plugin = %replaced.identity(), "replaced a stale registry entry");
     }
-    let installed = install_row(inner, tenant_id, &identity, &plugin_id, &declaration).await;
+    // The owner is recorded before the installation exists, so no replica
+    // ever sees the installation without it (and takes it for a leftover).
+    let node_id = inner.state.cluster.node_id().to_owned();
+    let owner_token = uuid::Uuid::new_v4().to_string();
+    let claimed = inner
+        .state
+        .store
+        .claim_remote(&identity, tenant_id, &plugin_id, &node_id, &owner_token)
+        .await
+        .map_err(|e| format!("register failed: {e}"));
+    let installed = match claimed {
+        Ok(()) => install_row(inner, tenant_id, &identity, &plugin_id, &declaration).await,
+        Err(e) => Err(e),
+    };
     match installed {
         Ok(installation_id) => {
             lock(&inner.live).insert(key, runtime.clone());
@@ -528,12 +535,14 @@ async fn install(
                     runtime,
                     installation_id,
                     entry,
+                    owner_token,
                 },
                 conn,
             ))
         }
         Err(text) => {
             remove_from_registry(inner, &identity, &entry);
+            release_owner(inner, &identity, &owner_token).await;
             conn.finish();
             Err(text)
         }
@@ -592,6 +601,14 @@ async fn install_row(
     Err("register failed, installation kept changing".into())
 }
 
+/// Forgets this connection's claim on `identity` (unless a later one took
+/// it over).
+async fn release_owner(inner: &Inner, identity: &str, token: &str) {
+    if let Err(e) = inner.state.store.release_remote(identity, token).await {
+        tracing::warn!(error = %e, plugin = %identity, "cannot release a debugging plugin's owner row");
+    }
+}
+
 /// Removes `entry` from the registry unless another runtime replaced it.
 fn remove_from_registry(inner: &Inner, identity: &str, entry: &Arc<dyn PluginRuntime>) {
     let registry = &inner.state.registry;
@@ -618,8 +635,12 @@ async fn uninstall(inner: &Arc<Inner>, installed: &Installed) {
     }
     remove_from_registry(inner, &info.identity, &installed.entry);
     let key = (info.tenant_id.clone(), info.plugin_id.clone());
-    let mut live = lock(&inner.live);
-    if live.get(&key).is_some_and(|r| r.same(runtime)) {
-        live.remove(&key);
+    {
+        let mut live = lock(&inner.live);
+        if live.get(&key).is_some_and(|r| r.same(runtime)) {
+            live.remove(&key);
+        }
     }
+    // Last: with the installation gone nothing forwards here any more.
+    release_owner(inner, &info.identity, &installed.owner_token).await;
 }

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::app_state::AppState;
 use crate::backwards::{self, BackwardsContext, BackwardsResponse, Permission, ResponseEvent};
+use crate::cluster::Located;
 use crate::error::DaemonError;
 use crate::runtime::{
     BackwardsEvent, BackwardsInvoke, PluginRuntime, SessionHeader, SessionItem, SessionRequest,
@@ -59,6 +60,20 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, DaemonError>> + S
 /// Fails with [`DaemonError::PluginNotFound`] when the tenant has no such
 /// installation, and with an internal error when its runtime is not running.
 pub async fn invoke(state: &AppState, req: InvokeRequest) -> Result<ChunkStream, DaemonError> {
+    invoke_on(state, req, true).await
+}
+
+/// [`invoke`] for a call another node forwarded here: it is served on this
+/// node or fails, never forwarded again.
+pub async fn invoke_here(state: &AppState, req: InvokeRequest) -> Result<ChunkStream, DaemonError> {
+    invoke_on(state, req, false).await
+}
+
+async fn invoke_on(
+    state: &AppState,
+    req: InvokeRequest,
+    forward: bool,
+) -> Result<ChunkStream, DaemonError> {
     let mut header = req.header;
     if header.session_id.is_empty() {
         header.session_id = uuid::Uuid::new_v4().to_string();
@@ -76,10 +91,28 @@ pub async fn invoke(state: &AppState, req: InvokeRequest) -> Result<ChunkStream,
             .installed_identifier(&req.tenant_id, &req.plugin_id)
             .await?
             .ok_or(DaemonError::PluginNotFound)?;
-        let runtime = state.registry.get(&identifier).ok_or_else(|| {
-            tracing::warn!(%identifier, "installed plugin has no running runtime");
-            DaemonError::internal_msg(format!("plugin {identifier} is not running"))
-        })?;
+        let runtime = match state.registry.get(&identifier) {
+            Some(runtime) => runtime,
+            // Installed through another node, stopped, still starting here,
+            // or a debugging plugin connected to another node.
+            None => match crate::cluster::locate(state, &identifier).await {
+                Ok(Located::Here(runtime)) => runtime,
+                Ok(Located::Owner(owner)) if forward => {
+                    let req = InvokeRequest { header, ..req };
+                    return crate::cluster::forward::invoke(state, &owner, req).await;
+                }
+                Ok(Located::Owner(owner)) => {
+                    return Err(DaemonError::internal_msg(format!(
+                        "plugin {identifier} is connected to replica {}, not this one",
+                        owner.id
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(%identifier, error = %e, "installed plugin has no running runtime");
+                    return Err(e);
+                }
+            },
+        };
         let session = runtime
             .invoke(SessionRequest {
                 header,

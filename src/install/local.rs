@@ -275,6 +275,33 @@ impl LocalInstallStep {
     }
 }
 
+impl LocalInstallStep {
+    /// Makes sure the installed package `identifier` runs on this node
+    /// (unpacked from storage and its environment built when this node's
+    /// working path lacks them); a no-op when it already runs. Callers that
+    /// may race (change notifications, dispatch, start-up) go through one
+    /// start per identifier: `crate::cluster::launcher`.
+    pub async fn ensure_running(
+        &self,
+        store: &Store,
+        identifier: &str,
+    ) -> Result<(), InstallStepError> {
+        let declaration = store
+            .declaration(identifier)
+            .await
+            .map_err(|e| InstallStepError(format!("cannot read the declaration: {e}")))?
+            .ok_or_else(|| InstallStepError(format!("{identifier} has no declaration")))?;
+        let started = Instant::now();
+        let result = self
+            .launch(identifier, &declaration, |line| async move {
+                tracing::debug!(%identifier, "{line}")
+            })
+            .await;
+        crate::metrics::record_install(result.is_ok(), started.elapsed());
+        result
+    }
+}
+
 #[async_trait]
 impl InstallStep for LocalInstallStep {
     async fn ensure_runtime(

@@ -137,6 +137,47 @@ pub struct Installer {
     package_prefix: String,
     finished_task_ttl: Duration,
     install_timeout: Duration,
+    /// Identifiers with a job running on this node, and how many jobs.
+    installing: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// The running jobs, so a drain can wait for them.
+    jobs: tokio_util::task::TaskTracker,
+    /// The node whose lease tasks carry, and the lease's length.
+    lease: Option<(String, Duration)>,
+}
+
+/// Counts a job of `identifier` as running until dropped.
+struct Running {
+    installing: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    identifier: String,
+}
+
+impl Running {
+    fn new(
+        installing: &Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+        identifier: &str,
+    ) -> Self {
+        *installing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(identifier.to_owned())
+            .or_insert(0) += 1;
+        Self {
+            installing: installing.clone(),
+            identifier: identifier.to_owned(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut map = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.identifier) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.identifier);
+            }
+        }
+    }
 }
 
 enum JobKind {
@@ -162,6 +203,9 @@ impl Installer {
             finished_task_ttl: Duration::from_secs(120),
             // PLUGIN_INSTALL_TIMEOUT's default.
             install_timeout: Duration::from_secs(15 * 60),
+            installing: Default::default(),
+            jobs: tokio_util::task::TaskTracker::new(),
+            lease: None,
         }
     }
 
@@ -173,22 +217,114 @@ impl Installer {
         self
     }
 
+    /// Tasks are leased by `node_id` for `ttl` (renewed with its
+    /// heartbeat), and recovery takes over only tasks whose lease ended.
+    pub fn with_lease(mut self, node_id: impl Into<String>, ttl: Duration) -> Self {
+        self.lease = Some((node_id.into(), ttl));
+        self
+    }
+
+    async fn create_task(
+        &self,
+        tenant_id: &str,
+        plugins: Vec<TaskPluginStatus>,
+    ) -> Result<crate::store::InstallTask, StoreError> {
+        match &self.lease {
+            Some((node, ttl)) => {
+                self.store
+                    .create_leased_task(tenant_id, TaskStatus::Running, plugins, node, *ttl)
+                    .await
+            }
+            None => {
+                self.store
+                    .create_task(tenant_id, TaskStatus::Running, plugins)
+                    .await
+            }
+        }
+    }
+
+    /// Whether a job of `identifier` runs on this node right now (its
+    /// runtime may be up before its installation is recorded).
+    pub fn is_installing(&self, identifier: &str) -> bool {
+        self.installing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(identifier)
+    }
+
+    /// Waits, at most `timeout`, until no job runs on this node; `false`
+    /// when some still do.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let jobs = self.jobs.clone();
+        jobs.close();
+        let idle = tokio::time::timeout(timeout, jobs.wait()).await.is_ok();
+        jobs.reopen();
+        idle
+    }
+
     /// How long a succeeded task stays visible.
     pub fn with_finished_task_ttl(mut self, ttl: Duration) -> Self {
         self.finished_task_ttl = ttl;
         self
     }
 
-    /// Fails the tasks a previous daemon left pending or running.
+    /// Settles the tasks a stopped daemon left pending or running (run at
+    /// start-up, before this node runs any job). With leases only tasks whose
+    /// lease ended are touched, this node's own earlier ones included (a
+    /// node restarted under the same id); without, every unfinished task.
     pub async fn recover(&self) -> Result<u64, StoreError> {
-        let n = self
-            .store
-            .fail_unfinished_tasks(INTERRUPTED_MESSAGE)
-            .await?;
-        if n > 0 {
-            tracing::warn!(tasks = n, "marked interrupted install tasks as failed");
+        if self.lease.is_none() {
+            let n = self
+                .store
+                .fail_unfinished_tasks(INTERRUPTED_MESSAGE)
+                .await?;
+            if n > 0 {
+                tracing::warn!(tasks = n, "marked interrupted install tasks as failed");
+            }
+            return Ok(n);
         }
-        Ok(n)
+        self.take_over(true).await
+    }
+
+    /// Settles the tasks of nodes whose lease ended (a node that died or
+    /// stopped mid-install); run periodically by every node.
+    pub async fn recover_expired(&self) -> Result<u64, StoreError> {
+        self.take_over(false).await
+    }
+
+    /// Takes over the expired tasks and ends each plugin of them: success
+    /// when its installation was recorded before its node stopped (the job
+    /// got that far), failed otherwise. Nothing is run again: a task's
+    /// metadata and kind are not stored, so it cannot be repeated exactly.
+    async fn take_over(&self, own: bool) -> Result<u64, StoreError> {
+        let Some((node, ttl)) = &self.lease else {
+            return Ok(0);
+        };
+        let tasks = self.store.claim_expired_tasks(node, *ttl, own).await?;
+        for task in &tasks {
+            for plugin in task
+                .plugins
+                .iter()
+                .filter(|p| !matches!(p.status, TaskStatus::Success | TaskStatus::Failed))
+            {
+                let identifier = &plugin.plugin_unique_identifier;
+                let recorded = self
+                    .store
+                    .installation_by_identifier(&task.tenant_id, identifier)
+                    .await?
+                    .is_some();
+                let (status, message) = if recorded {
+                    (TaskStatus::Success, "installed")
+                } else {
+                    (TaskStatus::Failed, INTERRUPTED_MESSAGE)
+                };
+                self.store
+                    .update_task_plugin(&task.id, identifier, Some(status), message)
+                    .await?;
+            }
+            tracing::warn!(task_id = %task.id, "took over an install task whose node stopped; settled it");
+        }
+        Ok(tasks.len() as u64)
     }
 
     async fn declaration(&self, identifier: &str) -> DaemonResult<Value> {
@@ -263,10 +399,7 @@ impl Installer {
             .zip(&declarations)
             .map(|(id, d)| Self::status_for(id, d, source))
             .collect();
-        let task = self
-            .store
-            .create_task(tenant_id, TaskStatus::Running, statuses)
-            .await?;
+        let task = self.create_task(tenant_id, statuses).await?;
         for ((id, declaration), meta) in identifiers.iter().zip(declarations).zip(metas) {
             let job = self.job(tenant_id, id, declaration);
             self.spawn(
@@ -329,10 +462,7 @@ impl Installer {
             });
         }
         let status = Self::status_for(new, &declaration, source);
-        let task = self
-            .store
-            .create_task(tenant_id, TaskStatus::Running, vec![status])
-            .await?;
+        let task = self.create_task(tenant_id, vec![status]).await?;
         let job = self.job(tenant_id, new, declaration);
         self.spawn(
             task.id.clone(),
@@ -401,7 +531,9 @@ impl Installer {
 
     fn spawn(self: &Arc<Self>, task_id: String, job: InstallJob, source: String, kind: JobKind) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let running = Running::new(&self.installing, &job.identifier);
+        self.jobs.spawn(async move {
+            let _running = running;
             let identifier = job.identifier.clone();
             let inner = {
                 let this = this.clone();

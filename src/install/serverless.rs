@@ -170,6 +170,8 @@ pub struct ServerlessInstallStep {
     runtime: ServerlessConfig,
     /// Storage key prefix of uploaded packages.
     package_prefix: String,
+    /// The function version registered per identifier on this node.
+    registered: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for ServerlessInstallStep {
@@ -227,6 +229,7 @@ impl ServerlessInstallStep {
             target,
             runtime,
             package_prefix: package_prefix.into(),
+            registered: Default::default(),
         }
     }
 
@@ -300,6 +303,13 @@ impl ServerlessInstallStep {
     }
 
     fn register(&self, record: &ServerlessRuntimeRecord) {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                record.plugin_unique_identifier.clone(),
+                record.function_version.clone(),
+            );
         let runtime = ServerlessRuntime::new(
             record.plugin_unique_identifier.clone(),
             record.function_name.clone(),
@@ -314,6 +324,42 @@ impl ServerlessInstallStep {
             // An upgrade in place: the old version's sessions finish on Lambda.
             tokio::spawn(async move { old.shutdown().await });
         }
+    }
+
+    /// Brings this node in line with the recorded function of `identifier`
+    /// after another node changed it: registers a version not yet served
+    /// here, drops a runtime whose record is gone.
+    pub async fn sync_registered(&self, identifier: &str) -> Result<(), InstallStepError> {
+        let record = self
+            .store
+            .serverless_runtime(identifier)
+            .await
+            .map_err(|e| InstallStepError(e.to_string()))?;
+        let current = self
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identifier)
+            .cloned();
+        match record {
+            Some(record) => {
+                if current.as_deref() != Some(record.function_version.as_str())
+                    || self.registry.get(identifier).is_none()
+                {
+                    self.register(&record);
+                }
+            }
+            None => {
+                self.registered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(identifier);
+                if let Some(runtime) = self.registry.remove(identifier) {
+                    runtime.shutdown().await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Registers every recorded function (daemon start). Returns how many.
@@ -375,6 +421,10 @@ impl InstallStep for ServerlessInstallStep {
     }
 
     async fn remove_runtime(&self, identifier: &str) -> Result<(), InstallStepError> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(identifier);
         if let Some(runtime) = self.registry.remove(identifier) {
             runtime.shutdown().await;
         }

@@ -194,7 +194,16 @@ impl McpGateway {
             let stop = self.shutdown.child_token();
             let core = self.core.clone();
             let id = server_id.to_owned();
-            let sessions = Arc::new(Sessions::default());
+            let cluster = &self.core.state.cluster;
+            let sessions = Arc::new(if cluster.is_shared() {
+                Sessions::tracked(super::sessions::Tracker {
+                    store: self.core.state.store.clone(),
+                    node_id: cluster.node_id().to_owned(),
+                    server_id: server_id.to_owned(),
+                })
+            } else {
+                Sessions::default()
+            });
             let service = StreamableHttpService::new(
                 move || Ok(McpHandler::new(core.clone(), id.clone())),
                 sessions.clone(),
@@ -302,6 +311,18 @@ async fn serve(
         Err(e) => return DaemonError::from(e).into_response(),
     }
     let (service, sessions) = gw.service(&server_id);
+    // A session opened through another replica lives there.
+    if let Some(node) =
+        crate::cluster::mcp::holder(&gw.core.state, &sessions, &server_id, req.headers()).await
+    {
+        return crate::cluster::mcp::forward(
+            &gw.core.state,
+            &node,
+            req,
+            gw.config.max_request_body_bytes,
+        )
+        .await;
+    }
     match *req.method() {
         Method::POST => post(&gw, service, &sessions, req).await,
         Method::DELETE => {

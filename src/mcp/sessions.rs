@@ -28,9 +28,28 @@ use rmcp::transport::streamable_http_server::session::{
 pub struct Sessions {
     inner: LocalSessionManager,
     versions: Mutex<HashMap<SessionId, ProtocolVersion>>,
+    /// Where sessions are recorded for other replicas to find.
+    tracker: Option<Tracker>,
+}
+
+/// Records each session's node in the store, so a replica receiving one
+/// of its requests forwards it here (`crate::cluster::mcp`).
+#[derive(Debug)]
+pub struct Tracker {
+    pub store: crate::store::Store,
+    pub node_id: String,
+    pub server_id: String,
 }
 
 impl Sessions {
+    /// Sessions recorded through `tracker`.
+    pub fn tracked(tracker: Tracker) -> Self {
+        Self {
+            tracker: Some(tracker),
+            ..Self::default()
+        }
+    }
+
     /// The revision session `id` negotiated; `None` for an unknown session.
     pub fn version(&self, id: &str) -> Option<ProtocolVersion> {
         self.versions
@@ -55,7 +74,18 @@ impl SessionManager for Sessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        self.inner.create_session().await
+        let (id, transport) = self.inner.create_session().await?;
+        if let Some(t) = &self.tracker {
+            if let Err(e) = t
+                .store
+                .record_mcp_session(&id, &t.server_id, &t.node_id)
+                .await
+            {
+                // The session still works through this replica.
+                tracing::warn!(error = %e, "cannot record an MCP session for the other replicas");
+            }
+        }
+        Ok((id, transport))
     }
 
     async fn initialize_session(
@@ -81,6 +111,11 @@ impl SessionManager for Sessions {
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         self.versions.lock().expect("versions lock").remove(id);
+        if let Some(t) = &self.tracker {
+            if let Err(e) = t.store.forget_mcp_session(id).await {
+                tracing::warn!(error = %e, "cannot forget a closed MCP session");
+            }
+        }
         self.inner.close_session(id).await
     }
 

@@ -16,6 +16,7 @@
 //! reference removes the plugin and its declaration.
 
 mod cache;
+mod cluster;
 mod debugging;
 mod endpoints;
 mod kv;
@@ -33,6 +34,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{AnyPool, Row};
 
+pub use cluster::NodeRecord;
 pub use endpoints::{default_expiry, EndpointRecord, NewEndpoint};
 pub use kv::SqlKvStore;
 pub use models::*;
