@@ -84,8 +84,14 @@ fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(settings) => {
             check(&settings);
-            plugind::telemetry::init_daemon(&settings).map_err(anyhow::Error::msg)?;
-            tokio::runtime::Runtime::new()?.block_on(plugind::serve::run(*settings))
+            let runtime = tokio::runtime::Runtime::new()?;
+            let telemetry = {
+                let _inside = runtime.enter();
+                plugind::telemetry::init_daemon(&settings).map_err(anyhow::Error::msg)?
+            };
+            let served = runtime.block_on(plugind::serve::run(*settings));
+            telemetry.shutdown();
+            served
         }
         Command::Plugin { command } => plugind::package::cli::run(command),
         Command::Lambda { command } => {

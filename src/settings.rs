@@ -660,6 +660,50 @@ pub struct Settings {
     )]
     pub max_serverless_request_bytes: usize,
 
+    /// Export traces over OTLP/HTTP: a span per HTTP request (continuing an incoming `traceparent`), per dispatch and per plugin session.
+    #[arg(long, env = "ENABLE_OTEL", value_name = "ENABLE_OTEL", default_value = "false", action = clap::ArgAction::Set)]
+    pub enable_otel: bool,
+
+    /// Full URL traces are posted to. Unset: <OTLP_BASE_ENDPOINT>/v1/traces.
+    #[arg(long, env = "OTLP_TRACE_ENDPOINT", value_name = "OTLP_TRACE_ENDPOINT")]
+    pub otlp_trace_endpoint: Option<String>,
+
+    /// Base URL of the OTLP/HTTP collector.
+    #[arg(
+        long,
+        env = "OTLP_BASE_ENDPOINT",
+        value_name = "OTLP_BASE_ENDPOINT",
+        default_value = "http://localhost:4318"
+    )]
+    pub otlp_base_endpoint: String,
+
+    /// Sent to the collector as `Authorization: Bearer <key>`.
+    #[arg(
+        long,
+        env = "OTEL_API_KEY",
+        value_name = "OTEL_API_KEY",
+        hide_env_values = true
+    )]
+    pub otel_api_key: Option<Secret>,
+
+    /// OTLP transport; plugind exports over HTTP only (`http/protobuf`).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_name = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf"
+    )]
+    pub otel_exporter_otlp_protocol: String,
+
+    /// Share of traces started here that are kept (0.0 to 1.0); a caller's sampling decision is followed.
+    #[arg(
+        long,
+        env = "OTEL_SAMPLING_RATE",
+        value_name = "OTEL_SAMPLING_RATE",
+        default_value = "1.0"
+    )]
+    pub otel_sampling_rate: f64,
+
     /// Key that seals MCP server credentials at rest (any high-entropy string). Unset: derived from SERVER_KEY.
     #[arg(
         long,
@@ -966,7 +1010,37 @@ impl Settings {
         if self.log_file.as_ref().is_some_and(|p| p.is_dir()) {
             return Err("LOG_FILE names a folder; give it a file path".into());
         }
+        if self.enable_otel {
+            if self.otel_exporter_otlp_protocol != "http/protobuf" {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={}: plugind exports over OTLP/HTTP only; set http/protobuf",
+                    self.otel_exporter_otlp_protocol
+                ));
+            }
+            // The reference quietly uses 1.0 instead; a typo here should not
+            // turn into a full trace volume.
+            if !(0.0..=1.0).contains(&self.otel_sampling_rate) {
+                return Err("OTEL_SAMPLING_RATE must be between 0.0 and 1.0".into());
+            }
+            let endpoint = self.otlp_traces_url();
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(format!(
+                    "OTLP_TRACE_ENDPOINT/OTLP_BASE_ENDPOINT must give an http:// or https:// URL, got {endpoint:?}"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Where traces go: OTLP_TRACE_ENDPOINT, else `<OTLP_BASE_ENDPOINT>/v1/traces`.
+    pub fn otlp_traces_url(&self) -> String {
+        match &self.otlp_trace_endpoint {
+            Some(url) => url.clone(),
+            None => format!(
+                "{}/v1/traces",
+                self.otlp_base_endpoint.trim_end_matches('/')
+            ),
+        }
     }
 
     /// PLUGIN_INSTALL_TIMEOUT as a duration.

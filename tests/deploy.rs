@@ -155,6 +155,11 @@ const DIFY_ENV_FILE_VALUES: &[(&str, &str)] = &[
     ("LOG_OUTPUT_FORMAT", "text"),
     ("LOG_FILE", "/app/logs/server.log"),
     ("UV_CACHE_DIR", "/tmp/.uv-cache"),
+    ("ENABLE_OTEL", "false"),
+    ("OTLP_TRACE_ENDPOINT", ""),
+    ("OTLP_BASE_ENDPOINT", "http://localhost:4318"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", ""),
+    ("OTEL_SAMPLING_RATE", "0.1"),
 ];
 /// Names Dify passes that are not plugind settings, and what becomes of them.
 const NOT_SETTINGS: &[(&str, &str)] = &[

@@ -152,6 +152,10 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
     if state.settings.prometheus_enabled {
         router = router.route("/metrics", get(crate::metrics::handler));
     }
+    if state.settings.enable_otel {
+        // After routing, so the span is named by the route template.
+        router = router.route_layer(middleware::from_fn(crate::telemetry::trace_request));
+    }
     router
         .layer(middleware::from_fn_with_state(
             state.clone(),
