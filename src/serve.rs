@@ -48,6 +48,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for note in settings.inert_settings() {
         tracing::info!("{note}");
     }
+    if let Some(note) = settings.moved_working_path() {
+        tracing::warn!("{note}");
+    }
     let addr: SocketAddr = format!("{}:{}", settings.server_host, settings.server_port)
         .parse()
         .map_err(|e| anyhow::anyhow!("SERVER_HOST/SERVER_PORT do not form an address: {e}"))?;

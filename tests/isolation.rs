@@ -473,3 +473,59 @@ async fn a_tampered_code_folder_is_unpacked_again_before_it_runs() {
     );
     daemon.stop().await;
 }
+
+/// A daemon run as root from a folder other uids cannot enter (a clone in
+/// a 0700 `/root`): with PLUGIN_WORKING_PATH unset the working path moves
+/// to `/var/lib/plugind`, the log says so, and plugins install and run.
+#[tokio::test]
+async fn a_storage_root_under_a_closed_folder_moves_the_working_path_and_plugins_run() {
+    if !is_root() {
+        eprintln!("not root: plugins run as the daemon's uid, so the working path stays");
+        return;
+    }
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        closed.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let clone = closed.path().join("plugind");
+    std::fs::create_dir(&clone).unwrap();
+    let daemon = common::daemon::Daemon::start(common::daemon::DaemonSpec::new(
+        &clone,
+        "56000-56999",
+        SERVER_KEY,
+    ))
+    .await;
+    let log = daemon.log();
+    let moved = log
+        .split("plugins are unpacked and run in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" instead").next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("the start-up log names the moved working path:\n{log}"));
+    assert!(moved.starts_with("/var/lib/plugind"), "{}", moved.display());
+    assert!(
+        log.contains(&format!("lies under {}", closed.path().display())),
+        "{log}"
+    );
+
+    let (id, _) = daemon.install(TENANT_A, fixture_package("echo_tool")).await;
+    let said = daemon
+        .tool(
+            TENANT_A,
+            "plugind/echo_tool",
+            "echo_tool",
+            "echo",
+            json!({"text": "moved"}),
+        )
+        .await;
+    assert_eq!(said, "moved");
+    let code = moved.join(plugind::install::local::package_dir_name(&id));
+    assert!(code.is_dir(), "{} holds the plugin", moved.display());
+    assert!(
+        !daemon.working().exists() || std::fs::read_dir(daemon.working()).unwrap().count() == 0
+    );
+    daemon.stop().await;
+    std::fs::remove_dir_all(&moved).unwrap();
+}

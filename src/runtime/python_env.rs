@@ -67,6 +67,10 @@ pub enum EnvError {
     /// Plugins run as other uids and cannot run this interpreter.
     #[error("plugins cannot run the interpreter {0}: it lies in a folder only the daemon's uid may enter; set PYTHON_INTERPRETER_PATH to one under a world-readable prefix (/usr, /opt…)")]
     Unreachable(PathBuf),
+    /// Plugins run as other uids and cannot enter a folder above the
+    /// working path, where their interpreter, code and venvs live.
+    #[error("plugins cannot run the interpreter {path}: its folder {closed} is closed to other uids; make it searchable (chmod o+x {closed}) or move PLUGIN_WORKING_PATH under one that is")]
+    ClosedFolder { path: PathBuf, closed: PathBuf },
     /// A filesystem or spawn failure.
     #[error("{step}: {path}: {source}")]
     Io {
@@ -575,7 +579,13 @@ async fn reachable_interpreter(
         })?
         .map_err(io_err("copy interpreter", &target))?;
     if !super::sandbox::reachable_by_others(&staged) {
-        return Err(EnvError::Unreachable(staged));
+        return Err(match super::sandbox::closed_ancestor(&staged) {
+            Some(closed) => EnvError::ClosedFolder {
+                path: staged,
+                closed,
+            },
+            None => EnvError::Unreachable(staged),
+        });
     }
     tracing::info!(from = %prefix.display(), to = %target.display(), "staged an interpreter plugin uids can run");
     Ok(staged.into())
@@ -636,8 +646,18 @@ fn copy_tree(from: &Path, to: &Path, top: bool) -> std::io::Result<()> {
         } else if kind.is_dir() {
             copy_tree(&src, &dst, false)?;
         } else if kind.is_file() {
+            // A file other uids can already read (and run, when it is a
+            // program) is linked rather than copied: the stage then costs
+            // no disk when it shares the interpreter's filesystem, and the
+            // link stays the original owner's, which plugin uids cannot
+            // change. Anything else is copied and opened up.
+            let mode = entry.metadata()?.permissions().mode();
+            let shareable = mode & 0o004 != 0 && (mode & 0o100 == 0 || mode & 0o001 != 0);
+            if shareable && std::fs::hard_link(&src, &dst).is_ok() {
+                continue;
+            }
             std::fs::copy(&src, &dst)?;
-            let mode = entry.metadata()?.permissions().mode() | 0o444;
+            let mode = mode | 0o444;
             let mode = if mode & 0o100 != 0 {
                 mode | 0o111
             } else {
@@ -1159,5 +1179,65 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, EnvError::Inactive { .. }), "{err}");
         assert!(err.to_string().contains("started"));
+    }
+
+    #[test]
+    fn a_staged_prefix_links_what_others_may_read_and_copies_the_rest_opened() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("3.12.1");
+        let stdlib = prefix.join("lib/python3.12");
+        for sub in [
+            "bin",
+            "lib/python3.12/test",
+            "lib/python3.12/site-packages/pkg",
+        ] {
+            std::fs::create_dir_all(prefix.join(sub)).unwrap();
+        }
+        let write = |path: &Path, mode: u32| {
+            std::fs::write(path, path.to_string_lossy().as_bytes()).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write(&prefix.join("bin/python3.12"), 0o755);
+        write(&prefix.join("bin/private-tool"), 0o700);
+        write(&stdlib.join("os.py"), 0o644);
+        write(&stdlib.join("secret.py"), 0o600);
+        write(&stdlib.join("test/test_os.py"), 0o644);
+        write(&stdlib.join("site-packages/pkg/x.py"), 0o644);
+        let stage = dir.path().join("stage");
+        let target = stage.join("3.12.1-tag");
+        stage_prefix(&prefix, &target, &stage).unwrap();
+
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let staged_lib = target.join("lib/python3.12");
+        // Readable by others already: the same file.
+        assert_eq!(
+            ino(&target.join("bin/python3.12")),
+            ino(&prefix.join("bin/python3.12"))
+        );
+        assert_eq!(ino(&staged_lib.join("os.py")), ino(&stdlib.join("os.py")));
+        // Private: a copy others may read (and run, for a program); the
+        // original keeps its mode.
+        assert_ne!(
+            ino(&staged_lib.join("secret.py")),
+            ino(&stdlib.join("secret.py"))
+        );
+        assert_eq!(mode(&staged_lib.join("secret.py")), 0o644);
+        assert_eq!(mode(&stdlib.join("secret.py")), 0o600);
+        assert_eq!(mode(&target.join("bin/private-tool")), 0o755);
+        assert_eq!(
+            std::fs::read(staged_lib.join("secret.py")).unwrap(),
+            std::fs::read(stdlib.join("secret.py")).unwrap()
+        );
+        // The test suite is left out, site-packages is there but empty.
+        assert!(!staged_lib.join("test").exists());
+        assert_eq!(
+            std::fs::read_dir(staged_lib.join("site-packages"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(target.join(STAGED_MARKER).is_file());
     }
 }

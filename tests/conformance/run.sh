@@ -29,6 +29,9 @@ EXPECTED="$HERE/expected-failures.txt"
 say() { printf '\n==> %s\n' "$*"; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/plugind-conformance.XXXXXX")"
+# Plugins run as uids of their own (as root) and must be able to walk down
+# to their folders under the daemon's storage (mktemp makes the folder 0700).
+chmod 0711 "$WORK"
 DAEMON_PID=""
 PROXY_PID=""
 cleanup() {

@@ -198,6 +198,15 @@ impl Sandbox {
         let (lo, hi) = self.options.uid_range;
         if s.own_uid {
             tracing::info!("plugin isolation: each plugin runs as its own uid from PLUGIN_UID_RANGE {lo}-{hi}, with a private HOME and temp folder");
+            if let Some(working) = self.options.build_home.parent() {
+                if let Some(closed) = closed_ancestor(working) {
+                    tracing::error!(
+                        "plugin isolation: plugin uids cannot enter {}, above the working path {}: no plugin can start until that folder is searchable by others (chmod o+x) or PLUGIN_WORKING_PATH moves",
+                        closed.display(),
+                        working.display()
+                    );
+                }
+            }
         } else {
             tracing::warn!(
                 "plugin isolation: plugind is not root, so plugins run as its own uid ({}); still in force: clean environment, verified read-only code, Landlock and limits where listed below",
@@ -589,6 +598,19 @@ fn searchable_by_others(dir: &Path) -> bool {
     std::fs::metadata(dir)
         .map(|m| m.permissions().mode() & 0o001 != 0)
         .unwrap_or(false)
+}
+
+/// The first folder above `path` (resolved, existing ones only) that a
+/// process of another uid cannot search, if any.
+pub fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    let mut existing = path;
+    while !existing.exists() {
+        existing = existing.parent()?;
+    }
+    let real = std::fs::canonicalize(existing).ok()?;
+    real.ancestors()
+        .find(|dir| !searchable_by_others(dir))
+        .map(Path::to_path_buf)
 }
 
 /// True when a process of another uid (no shared group) can run `path`:
