@@ -36,7 +36,7 @@ const PUBLIC_DEFAULT_KEYS: [&str; 2] = [
 ];
 
 /// Runs the daemon until a shutdown signal.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     for (name, value) in [
         ("SERVER_KEY", settings.server_key.expose()),
         ("DIFY_INNER_API_KEY", settings.dify_inner_api_key.expose()),
@@ -48,7 +48,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for note in settings.inert_settings() {
         tracing::info!("{note}");
     }
-    if let Some(note) = settings.moved_working_path() {
+    if let Some(note) = settings.move_closed_working_path() {
         tracing::warn!("{note}");
     }
     let addr: SocketAddr = format!("{}:{}", settings.server_host, settings.server_port)

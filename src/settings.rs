@@ -885,35 +885,38 @@ impl Settings {
     }
 
     /// The folder plugins are unpacked and run in: PLUGIN_WORKING_PATH, else
-    /// `<PLUGIN_STORAGE_LOCAL_ROOT>/cwd`, unless that lies where plugin uids
-    /// cannot go (see [`Self::moved_working_path`]).
+    /// `<PLUGIN_STORAGE_LOCAL_ROOT>/cwd`.
     pub fn working_path(&self) -> PathBuf {
-        if let Some(path) = &self.plugin_working_path {
-            return path.clone();
-        }
-        let default = self.plugin_storage_local_root.join("cwd");
-        moved_working_path(&default).unwrap_or(default)
+        self.plugin_working_path
+            .clone()
+            .unwrap_or_else(|| self.plugin_storage_local_root.join("cwd"))
     }
 
-    /// Why the working path is not its default, when it is not: as root,
-    /// plugins run as uids of their own and must walk down to their code
-    /// and venv, so a default under a folder closed to other uids (a clone
-    /// in a 0700 `/root`) moves to `/var/lib/plugind`. Only when
+    /// Moves the default working path where plugin uids can reach it, for a
+    /// daemon that runs plugins as uids of their own (root): they must walk
+    /// down to their code and venv, so a default under a folder closed to
+    /// other uids (a checkout in a 0700 `/root`) becomes a folder of
+    /// `/var/lib/plugind`, one per storage root. Only when
     /// PLUGIN_WORKING_PATH is unset; the folder is rebuilt from the stored
-    /// packages, so nothing is lost by moving it.
-    pub fn moved_working_path(&self) -> Option<String> {
-        if self.plugin_working_path.is_some() {
+    /// packages, so nothing is lost by moving it. Returns what to log.
+    pub fn move_closed_working_path(&mut self) -> Option<String> {
+        if self.plugin_working_path.is_some() || !nix::unistd::geteuid().is_root() {
             return None;
         }
-        let default = self.plugin_storage_local_root.join("cwd");
-        let moved = moved_working_path(&default)?;
+        let default = self.working_path();
         let closed = crate::runtime::sandbox::closed_ancestor(&default)?;
-        Some(format!(
+        let absolute = std::path::absolute(&default).ok()?;
+        use sha2::Digest;
+        let tag = hex::encode(&sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes())[..6]);
+        let moved = PathBuf::from("/var/lib/plugind").join(format!("cwd-{tag}"));
+        let note = format!(
             "the working path {} lies under {}, which plugin uids cannot enter; plugins are unpacked and run in {} instead (set PLUGIN_WORKING_PATH to choose)",
             default.display(),
             closed.display(),
             moved.display()
-        ))
+        );
+        self.plugin_working_path = Some(moved);
+        Some(note)
     }
 
     /// uv's shared download cache.
@@ -1371,19 +1374,4 @@ fn parse_uid_range(value: &str) -> Result<(u32, u32), String> {
         ));
     }
     Ok((lo, hi))
-}
-
-/// Where the default working path `default` moves when the daemon runs as
-/// root and a folder above it is closed to other uids: one folder per
-/// storage root under `/var/lib/plugind`, so daemons of one machine keep
-/// apart.
-fn moved_working_path(default: &Path) -> Option<PathBuf> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    crate::runtime::sandbox::closed_ancestor(default)?;
-    let absolute = std::path::absolute(default).ok()?;
-    use sha2::Digest;
-    let tag = hex::encode(&sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes())[..6]);
-    Some(PathBuf::from("/var/lib/plugind").join(format!("cwd-{tag}")))
 }

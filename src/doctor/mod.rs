@@ -169,7 +169,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Report {
     let mut report = Report::default();
-    let settings = match settings {
+    let mut settings = match settings {
         Ok(s) => s,
         Err(message) => {
             report.push(Check::fail("settings", message), out);
@@ -177,7 +177,9 @@ pub async fn run(
             return report;
         }
     };
-    let inert = settings.inert_settings();
+    let mut inert = settings.inert_settings();
+    // As `plugind serve` would, so the working folder checked is the one used.
+    inert.extend(settings.move_closed_working_path());
     report.push(
         if inert.is_empty() {
             Check::ok("settings", "")
