@@ -205,3 +205,68 @@ mod tests {
         assert_eq!(kv.usage("t", "p").await.unwrap(), 80);
     }
 }
+
+impl Store {
+    /// A plugin's stored value.
+    pub async fn kv_get(
+        &self,
+        tenant_id: &str,
+        plugin_id: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query(
+            "SELECT value FROM plugin_storage WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3",
+        )
+        .bind(tenant_id)
+        .bind(plugin_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get("value").map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Stores (or replaces) a plugin's value.
+    pub async fn kv_set(
+        &self,
+        tenant_id: &str,
+        plugin_id: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO plugin_storage (id, created_at, updated_at, tenant_id, plugin_id, key, value) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (tenant_id, plugin_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(new_id())
+        .bind(now)
+        .bind(now)
+        .bind(tenant_id)
+        .bind(plugin_id)
+        .bind(key)
+        .bind(value.to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a plugin's value; `false` when there was none.
+    pub async fn kv_delete(
+        &self,
+        tenant_id: &str,
+        plugin_id: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM plugin_storage WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3",
+        )
+        .bind(tenant_id)
+        .bind(plugin_id)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
