@@ -11,7 +11,12 @@
 //! installed and run by the daemon (local runtime);
 //! (c) the same calls through HTTP dispatch to the same plugin attached over
 //! the debugging TCP listener (`INSTALL_METHOD=remote`, key from the
-//! debugging key route), for another tenant.
+//! debugging key route), for another tenant;
+//! (d) the HTTP floor: the same request, from the same client, to a minimal
+//! hyper server on loopback (its own runtime thread in this process) that
+//! reads the body, parses it and answers with one SSE line shaped like the
+//! daemon's. (b) − (a) against (d) says how much the daemon adds beyond
+//! one HTTP exchange.
 //!
 //! At concurrency 1 and 64: p50/p99 latency, requests/s, CPU per request
 //! (for (a) this process, for (b) and (c) the daemon process alone) and RSS
@@ -216,10 +221,17 @@ struct Daemon {
 
 impl Daemon {
     async fn start() -> Self {
+        // Under the system temp folder: as root the daemon runs each plugin
+        // as its own uid, which must be able to walk down to its folder.
         let dir = tempfile::Builder::new()
             .prefix("bench-dispatch")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir()
             .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let root = dir.path().join("storage");
         let working = dir.path().join("cwd");
         let port = free_port();
@@ -249,6 +261,8 @@ impl Daemon {
             .env("PLUGIN_REMOTE_INSTALLING_HOST", "127.0.0.1")
             .env("PLUGIN_REMOTE_INSTALLING_PORT", debug_port.to_string())
             .env("LOG_LEVEL", "INFO")
+            // Ten plugins running throughout, nine of them never called.
+            .env("PLUGIN_LOCAL_IDLE_TIMEOUT", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -401,23 +415,8 @@ impl Daemon {
 
     /// One echo call through HTTP dispatch; asserts the answer.
     async fn echo(&self, tenant: &str, i: usize) {
-        let text = format!("hi {i}");
-        let body = json!({"user_id": "u1",
-            "data": dispatch_common::tool_data("echo", json!({"text": text}))});
-        let r = self
-            .client
-            .post(format!(
-                "{}/plugin/{tenant}/dispatch/tool/invoke",
-                self.base
-            ))
-            .header("X-Api-Key", KEY)
-            .header("X-Plugin-ID", "plugind/echo_tool")
-            .json(&body)
-            .send()
-            .await
-            .expect("dispatch answers");
-        let body = r.text().await.expect("body");
-        assert!(body.contains(&format!("\"text\":\"{text}\"")), "{body}");
+        let url = format!("{}/plugin/{tenant}/dispatch/tool/invoke", self.base);
+        post_echo(&self.client, &url, i).await;
     }
 
     async fn stop(mut self) {
@@ -527,6 +526,76 @@ impl RawPlugin {
     }
 }
 
+/// One echo request as Dify sends it to `url`; asserts the answer.
+async fn post_echo(client: &reqwest::Client, url: &str, i: usize) {
+    let text = format!("hi {i}");
+    let body = json!({"user_id": "u1",
+        "data": dispatch_common::tool_data("echo", json!({"text": text}))});
+    let r = client
+        .post(url)
+        .header("X-Api-Key", KEY)
+        .header("X-Plugin-ID", "plugind/echo_tool")
+        .json(&body)
+        .send()
+        .await
+        .expect("the server answers");
+    let body = r.text().await.expect("body");
+    assert!(body.contains(&format!("\"text\":\"{text}\"")), "{body}");
+}
+
+/// (d): a minimal hyper HTTP/1 server on its own runtime thread, answering
+/// each request with one SSE line carrying the echo chunk. Returns its URL.
+fn http_floor() -> String {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+
+    async fn answer(
+        req: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        let request: Value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let text = request
+            .pointer("/data/tool_parameters/text")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let envelope = json!({"code": 0, "message": "success",
+            "data": {"type": "text", "message": {"text": text}, "meta": null}});
+        let line = format!("data: {envelope}\n\n");
+        Ok(hyper::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Full::new(Bytes::from(line)))
+            .expect("a valid response"))
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/dispatch/tool/invoke", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tcp),
+                            hyper::service::service_fn(answer),
+                        )
+                        .await;
+                });
+            }
+        });
+    });
+    url
+}
+
 /// Makes every session id of the floor client distinct.
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -623,16 +692,43 @@ fn main() {
             .wait_listed(DEBUG_TENANT, "plugind/echo_tool", false)
             .await;
 
+        // (d) the HTTP floor, with the same client.
+        let floor_url = http_floor();
+        let http_floor_call = {
+            let daemon = Arc::clone(&daemon);
+            let url = floor_url.clone();
+            move |i: usize| {
+                let daemon = Arc::clone(&daemon);
+                let url = url.clone();
+                async move { post_echo(&daemon.client, &url, i).await }
+            }
+        };
+        let d1 = measure("self", http_floor_call.clone(), CALLS_SEQUENTIAL, 1).await;
+        let d64 = measure("self", http_floor_call, CALLS_CONCURRENT, CONCURRENCY).await;
+
         print("(a) floor, stdin, c=1", &a1);
         print("(b) http dispatch, c=1", &b1);
         print("(c) http dispatch, debug, c=1", &c1);
+        print("(d) http floor, hyper, c=1", &d1);
         print(&format!("(a) floor, stdin, c={CONCURRENCY}"), &a64);
         print(&format!("(b) http dispatch, c={CONCURRENCY}"), &b64);
         print(&format!("(c) http dispatch, debug, c={CONCURRENCY}"), &c64);
+        print(&format!("(d) http floor, hyper, c={CONCURRENCY}"), &d64);
+        let added = b1.p50.as_secs_f64() - a1.p50.as_secs_f64();
         println!(
-            "(b)/(a) p50 at c=1: {:.3} (target <= 1.15); (b)/(a) req/s at c={CONCURRENCY}: {:.1} % (target >= 90 %)",
-            b1.p50.as_secs_f64() / a1.p50.as_secs_f64(),
+            "added latency at c=1, (b) - (a) p50: {:.3} ms = {:.2} x the (d) round trip of {:.3} ms (target <= 1.25)",
+            added * 1e3,
+            added / d1.p50.as_secs_f64(),
+            d1.p50.as_secs_f64() * 1e3,
+        );
+        println!(
+            "daemon CPU per call at c=1: {:.1} us (target <= 60); (b)/(a) req/s at c={CONCURRENCY}: {:.1} % (target >= 95 %)",
+            b1.cpu_us,
             b64.rps / a64.rps * 100.0
+        );
+        println!(
+            "(b)/(a) p50 at c=1: {:.3}",
+            b1.p50.as_secs_f64() / a1.p50.as_secs_f64()
         );
         println!(
             "(c)/(a) p50 at c=1: {:.3}; (c)/(a) req/s at c={CONCURRENCY}: {:.1} %",
@@ -644,8 +740,16 @@ fn main() {
             "daemon RSS with {INSTALLED} plugins installed and running, before any call: {rss_idle} (target <= 30 MiB)"
         );
         println!(
-            "daemon RSS with {INSTALLED} plugins installed and running, after the runs above: {}",
+            "daemon RSS with {INSTALLED} plugins installed and running, after the runs above: {} (target <= 30 MiB)",
             memory(&pid)
+        );
+        // What the daemon's allocator gives back a few seconds after the
+        // load, once idle connections have closed.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        println!(
+            "daemon RSS 5 s after the runs: {}; load {}",
+            memory(&pid),
+            load_average()
         );
         if let Ok(daemon) = Arc::try_unwrap(daemon) {
             daemon.stop().await;
