@@ -572,7 +572,10 @@ fn http_floor() -> String {
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/dispatch/tool/invoke", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/dispatch/tool/invoke",
+        listener.local_addr().unwrap()
+    );
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
         rt.block_on(async move {
