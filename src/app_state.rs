@@ -215,12 +215,15 @@ impl AppState {
                 (local.clone() as Arc<dyn InstallStep>, Some(local))
             }
         };
-        let installer = Arc::new(Installer::new(
-            store.clone(),
-            step,
-            runtime_type,
-            settings.plugin_package_cache_path.clone(),
-        ));
+        let installer = Arc::new(
+            Installer::new(
+                store.clone(),
+                step,
+                runtime_type,
+                settings.plugin_package_cache_path.clone(),
+            )
+            .with_install_timeout(settings.install_timeout()),
+        );
         installer.recover().await?;
         let inner_api = InnerApiClient::new(InnerApiConfig::from_settings(&settings))?;
         let plugin_storage = PluginStorage::new(

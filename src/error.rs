@@ -20,6 +20,12 @@ pub enum DaemonError {
     /// The plugin is not installed for this tenant.
     #[error("plugin not found")]
     PluginNotFound,
+    /// A missing record the reference reports as an internal error, whose
+    /// message Dify matches (removing an endpoint that is gone: Dify's
+    /// `delete_endpoint` takes "record not found" in an internal error as
+    /// done). Logged as the client error it is.
+    #[error("{0}")]
+    GoneAsInternal(String),
     /// Missing or wrong `X-Api-Key`.
     #[error("unauthorized")]
     Unauthorized,
@@ -82,7 +88,7 @@ impl DaemonError {
             // Reference quirk: the constant is named PluginConnectionClosedError
             // but its wire value is "ConnectionClosedError".
             Self::ConnectionClosed => "ConnectionClosedError",
-            Self::Internal { .. } => "PluginDaemonInternalServerError",
+            Self::GoneAsInternal(_) | Self::Internal { .. } => "PluginDaemonInternalServerError",
         }
     }
 
@@ -93,7 +99,10 @@ impl DaemonError {
             Self::NotFound(_) | Self::PluginNotFound => -404,
             Self::Unauthorized => -401,
             Self::PermissionDenied(_) => -403,
-            Self::PluginInvoke(_) | Self::ConnectionClosed | Self::Internal { .. } => -500,
+            Self::PluginInvoke(_)
+            | Self::ConnectionClosed
+            | Self::GoneAsInternal(_)
+            | Self::Internal { .. } => -500,
         }
     }
 

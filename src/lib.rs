@@ -7,6 +7,7 @@ pub mod app_state;
 pub mod backwards;
 pub mod debug;
 pub mod dispatch;
+pub mod doctor;
 pub mod endpoint;
 pub mod error;
 pub mod install;

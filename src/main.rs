@@ -41,6 +41,11 @@ enum Command {
         #[command(flatten)]
         settings: Box<Settings>,
     },
+    /// Check what `plugind serve` needs (settings, database, storage, uv and
+    /// Python, ports, Dify's inner API, AWS when serverless), one line per
+    /// check; exits 0 only when every check passes. Settings are read from
+    /// the environment and `.env`, as `serve` reads them.
+    Doctor(plugind::doctor::DoctorArgs),
 }
 
 fn main() {
@@ -74,11 +79,12 @@ fn run() -> anyhow::Result<()> {
             anyhow::bail!("cannot read .env: {e}");
         }
     }
+    // Before any thread exists: the environment is the process's.
+    plugind::settings::unset_empty_variables(plugind::settings::variable_names());
     match Cli::parse().command {
         Command::Serve(settings) => {
             check(&settings);
-            plugind::telemetry::init(&settings.log_level, settings.log_output_format)
-                .map_err(anyhow::Error::msg)?;
+            plugind::telemetry::init_daemon(&settings).map_err(anyhow::Error::msg)?;
             tokio::runtime::Runtime::new()?.block_on(plugind::serve::run(*settings))
         }
         Command::Plugin { command } => plugind::package::cli::run(command),
@@ -90,6 +96,10 @@ fn run() -> anyhow::Result<()> {
         Command::Mcp { command, settings } => {
             check(&settings);
             tokio::runtime::Runtime::new()?.block_on(plugind::mcp::cli::run(command, &settings))
+        }
+        Command::Doctor(args) => {
+            let code = tokio::runtime::Runtime::new()?.block_on(plugind::doctor::main(args));
+            std::process::exit(code)
         }
     }
 }

@@ -441,8 +441,9 @@ pub struct Settings {
     )]
     pub plugin_max_execution_timeout: u64,
 
-    /// Python used for plugins whose manifest asks for a version not found on this machine,
-    /// and to run `python -m uv` when uv is not otherwise found. Unset: `python3` on PATH.
+    /// Python used for plugins whose manifest asks for a version not found on this machine
+    /// (after `uv python install` of that version failed), and to find or install uv when uv
+    /// is not otherwise found. Unset: `python3` on PATH.
     #[arg(
         long,
         env = "PYTHON_INTERPRETER_PATH",
@@ -450,11 +451,13 @@ pub struct Settings {
     )]
     pub python_interpreter_path: Option<PathBuf>,
 
-    /// The uv binary that builds plugin environments. Unset: `uv` on PATH, else `python -m uv`.
+    /// The uv binary that builds plugin environments. Unset: `uv` on PATH, else the uv Python
+    /// package, else one the daemon installs with pip into <PLUGIN_WORKING_PATH>/.tools/uv.
     #[arg(long, env = "UV_PATH", value_name = "UV_PATH")]
     pub uv_path: Option<PathBuf>,
 
-    /// Package index URL passed to uv (`-i`) when installing plugin dependencies.
+    /// Package index URL passed to uv (`-i`) when installing plugin dependencies, and to pip
+    /// (`--index-url`) when installing uv.
     #[arg(long, env = "PIP_MIRROR_URL", value_name = "PIP_MIRROR_URL")]
     pub pip_mirror_url: Option<String>,
 
@@ -583,6 +586,74 @@ pub struct Settings {
         ignore_case = true
     )]
     pub log_output_format: LogFormat,
+
+    // --- Operator settings of the reference daemon (config.go), with its
+    // defaults. Those plugind has no use for are accepted and named once in
+    // the log at start (see `Settings::inert_settings`).
+    /// Also append every log line to this file (its folder is created). Unset: standard output only.
+    #[arg(long, env = "LOG_FILE", value_name = "LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Time zone of the reference's log timestamps. plugind writes every time in UTC and only accepts the setting.
+    #[arg(
+        long,
+        env = "SERVER_TZ",
+        value_name = "SERVER_TZ",
+        default_value = "UTC"
+    )]
+    pub server_tz: String,
+
+    /// Longest an install task may take per plugin (environment build and launch included), in minutes.
+    #[arg(
+        long,
+        env = "PLUGIN_INSTALL_TIMEOUT",
+        value_name = "PLUGIN_INSTALL_TIMEOUT",
+        default_value_t = 15
+    )]
+    pub plugin_install_timeout: u64,
+
+    /// Resolve a plugin's pyproject.toml afresh instead of installing its uv.lock as frozen. Accepted; plugind installs a present uv.lock as is.
+    #[arg(long, env = "PLUGIN_IGNORE_UV_LOCK", value_name = "PLUGIN_IGNORE_UV_LOCK", default_value = "false", action = clap::ArgAction::Set)]
+    pub plugin_ignore_uv_lock: bool,
+
+    /// The reference probes package mirrors at start and picks the fastest (its default: true). Accepted; plugind uses PIP_MIRROR_URL only and never picks an index by itself.
+    #[arg(long, env = "PIP_MIRROR_AUTO_DETECT", value_name = "PIP_MIRROR_AUTO_DETECT", action = clap::ArgAction::Set)]
+    pub pip_mirror_auto_detect: Option<bool>,
+
+    /// Comma-separated mirror URLs the reference's auto-detection probes. Accepted, unused (see PIP_MIRROR_AUTO_DETECT).
+    #[arg(
+        long,
+        env = "PIP_MIRROR_CANDIDATES",
+        value_name = "PIP_MIRROR_CANDIDATES",
+        value_delimiter = ','
+    )]
+    pub pip_mirror_candidates: Vec<String>,
+
+    /// Serve Prometheus metrics at /metrics.
+    #[arg(long, env = "PROMETHEUS_ENABLED", value_name = "PROMETHEUS_ENABLED", default_value = "true", action = clap::ArgAction::Set)]
+    pub prometheus_enabled: bool,
+
+    /// Serve plugin endpoints at /e/{hook_id}/…; when false those routes answer 404.
+    #[arg(long, env = "PLUGIN_ENDPOINT_ENABLED", value_name = "PLUGIN_ENDPOINT_ENABLED", default_value = "true", action = clap::ArgAction::Set)]
+    pub plugin_endpoint_enabled: bool,
+
+    /// Largest message, in bytes, in a reply of Dify's inner API to a backwards invocation.
+    #[arg(
+        long,
+        env = "RESPONSE_MAX_BUFFER_SIZE",
+        value_name = "RESPONSE_MAX_BUFFER_SIZE",
+        default_value_t = 31_457_280
+    )]
+    pub response_max_buffer_size: usize,
+
+    /// Largest invocation payload, in bytes, sent to a plugin's Lambda function (Lambda itself takes at most 6 MiB).
+    #[arg(
+        long,
+        env = "MAX_SERVERLESS_REQUEST_BYTES",
+        value_name = "MAX_SERVERLESS_REQUEST_BYTES",
+        default_value_t = 5_242_880
+    )]
+    pub max_serverless_request_bytes: usize,
 
     /// Key that seals MCP server credentials at rest (any high-entropy string). Unset: derived from SERVER_KEY.
     #[arg(
@@ -787,8 +858,176 @@ impl Settings {
                 }
             }
         }
+        self.validate_operator_settings()
+    }
+}
+
+/// The reference daemon's default for PIP_MIRROR_AUTO_DETECT.
+const REFERENCE_PIP_MIRROR_AUTO_DETECT: bool = true;
+
+impl Settings {
+    /// Checks the operator block (LOG_FILE … MAX_SERVERLESS_REQUEST_BYTES).
+    fn validate_operator_settings(&self) -> Result<(), String> {
+        if self.plugin_install_timeout == 0 {
+            return Err("PLUGIN_INSTALL_TIMEOUT must be at least 1 (minutes)".into());
+        }
+        if self.response_max_buffer_size < 1024 {
+            return Err("RESPONSE_MAX_BUFFER_SIZE must be at least 1024".into());
+        }
+        if self.max_serverless_request_bytes == 0 {
+            return Err("MAX_SERVERLESS_REQUEST_BYTES must be greater than 0".into());
+        }
+        if self.log_file.as_ref().is_some_and(|p| p.is_dir()) {
+            return Err("LOG_FILE names a folder; give it a file path".into());
+        }
         Ok(())
     }
+
+    /// PLUGIN_INSTALL_TIMEOUT as a duration.
+    pub fn install_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.plugin_install_timeout.saturating_mul(60))
+    }
+
+    /// One sentence per setting that is set to something plugind does not
+    /// act on, for the start-up log. Settings left at values plugind
+    /// already behaves as stay quiet.
+    pub fn inert_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.server_tz.eq_ignore_ascii_case("UTC") {
+            out.push(format!(
+                "SERVER_TZ={} is accepted but has no effect: plugind writes every time in UTC",
+                self.server_tz
+            ));
+        }
+        if self.plugin_ignore_uv_lock {
+            out.push(
+                "PLUGIN_IGNORE_UV_LOCK=true is accepted but has no effect: a plugin's uv.lock is installed as is"
+                    .into(),
+            );
+        }
+        let auto_detect = self
+            .pip_mirror_auto_detect
+            .unwrap_or(REFERENCE_PIP_MIRROR_AUTO_DETECT);
+        if self.pip_mirror_auto_detect.is_some() && auto_detect
+            || !self.pip_mirror_candidates.is_empty()
+        {
+            out.push(
+                "PIP_MIRROR_AUTO_DETECT/PIP_MIRROR_CANDIDATES are accepted but have no effect: plugind never picks a package index by itself; set PIP_MIRROR_URL"
+                    .into(),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod operator_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn parse(extra: &[&str]) -> Settings {
+        let mut args = vec![
+            "plugind",
+            "--server-key",
+            "k",
+            "--dify-inner-api-url",
+            "http://dify",
+            "--dify-inner-api-key",
+            "i",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap().settings
+    }
+
+    #[test]
+    fn operator_defaults_are_the_reference_ones_and_quiet() {
+        let s = parse(&[]);
+        assert_eq!(s.plugin_install_timeout, 15);
+        assert_eq!(s.install_timeout(), std::time::Duration::from_secs(900));
+        assert!(s.prometheus_enabled && s.plugin_endpoint_enabled);
+        assert!(!s.plugin_ignore_uv_lock);
+        assert_eq!(s.response_max_buffer_size, 31_457_280);
+        assert_eq!(s.max_serverless_request_bytes, 5_242_880);
+        assert_eq!(s.server_tz, "UTC");
+        assert_eq!(s.log_file, None);
+        assert!(s.inert_settings().is_empty());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn settings_plugind_only_accepts_are_named() {
+        let s = parse(&[
+            "--server-tz",
+            "Asia/Shanghai",
+            "--plugin-ignore-uv-lock",
+            "true",
+            "--pip-mirror-auto-detect",
+            "true",
+        ]);
+        let notes = s.inert_settings().join("\n");
+        for name in [
+            "SERVER_TZ",
+            "PLUGIN_IGNORE_UV_LOCK",
+            "PIP_MIRROR_AUTO_DETECT",
+        ] {
+            assert!(notes.contains(name), "{notes}");
+        }
+        // Turned off is what plugind does anyway.
+        let off = parse(&["--pip-mirror-auto-detect", "false"]);
+        assert!(off.inert_settings().is_empty());
+    }
+
+    #[test]
+    fn operator_limits_are_checked() {
+        let e = parse(&["--plugin-install-timeout", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("PLUGIN_INSTALL_TIMEOUT"), "{e}");
+        let e = parse(&["--max-serverless-request-bytes", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("MAX_SERVERLESS_REQUEST_BYTES"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = parse(&["--log-file", dir.path().to_str().unwrap()])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("LOG_FILE"), "{e}");
+    }
+}
+
+/// Removes the settings' variables that are set but empty from this
+/// process's environment, so they count as unset. Dify's docker-compose
+/// passes many as `${VAR:-}`, and the reference (Go's envconfig) treats an
+/// empty string as absent; clap would otherwise take "" as a value and
+/// refuse it (an empty DB_PASSWORD) or use it (an empty AWS_REGION).
+///
+/// Call it before any other thread starts, as `main` does.
+pub fn unset_empty_variables(names: impl IntoIterator<Item = std::ffi::OsString>) {
+    for name in names {
+        if std::env::var_os(&name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(&name);
+        }
+    }
+}
+
+/// The environment variable of every setting.
+pub fn variable_names() -> Vec<std::ffi::OsString> {
+    use clap::{CommandFactory, Parser};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_owned()))
+        .collect()
 }
 
 fn percent_encode(s: &str) -> String {

@@ -89,6 +89,155 @@ async fn unknown_asset_is_404() {
     assert_eq!(r.status(), 404);
 }
 
+/// `GET extract-asset/` with these query parameters: status, content type, body.
+async fn extract_asset(app: &TestApp, query: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let r = app
+        .client
+        .get(format!("{}/plugin/{TENANT}/extract-asset/", app.base))
+        .header("X-Api-Key", KEY)
+        .query(query)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ctype, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn extract_asset_serves_package_files_below_assets() {
+    let app = spawn_app().await;
+    // The tool package plus a nested asset.
+    let mut files =
+        plugind::package::read_archive(&tool_package("echo", "0.0.1"), &Default::default())
+            .unwrap()
+            .entries;
+    files.push(("_assets/img/dark.svg".into(), b"<svg id='dark'/>".to_vec()));
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    let (_, up) = app.upload(build_zip(&files), false).await;
+    assert_eq!(up["code"], 0, "{up}");
+    let id = up["data"]["unique_identifier"].as_str().unwrap().to_owned();
+
+    let (status, ctype, body) = extract_asset(
+        &app,
+        &[("plugin_unique_identifier", &id), ("file_path", "icon.svg")],
+    )
+    .await;
+    assert_eq!((status, ctype.as_str()), (200, "application/octet-stream"));
+    assert_eq!(body, ICON);
+    let (status, _, body) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &id),
+            ("file_path", "img/dark.svg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, b"<svg id='dark'/>");
+    // Without the trailing slash too.
+    let r = app
+        .client
+        .get(format!("{}/plugin/{TENANT}/extract-asset", app.base))
+        .header("X-Api-Key", KEY)
+        .query(&[
+            ("plugin_unique_identifier", id.as_str()),
+            ("file_path", "icon.svg"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), ICON);
+
+    // Dify reads any 200 as the file: every refusal is a 4xx with an envelope.
+    let envelope = |body: &[u8]| -> serde_json::Value { serde_json::from_slice(body).unwrap() };
+    let (status, _, body) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &id),
+            ("file_path", "missing.svg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(envelope(&body)["code"], -404);
+    assert_eq!(
+        error_body(&envelope(&body))["error_type"],
+        "PluginDaemonNotFoundError"
+    );
+    // Files outside `_assets/` are not assets.
+    let (status, _, _) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &id),
+            ("file_path", "manifest.yaml"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    for path in [
+        "../manifest.yaml",
+        "img/../../manifest.yaml",
+        "/_assets/icon.svg",
+        "./icon.svg",
+        "img//dark.svg",
+        "..\\manifest.yaml",
+    ] {
+        let (status, _, body) = extract_asset(
+            &app,
+            &[("plugin_unique_identifier", &id), ("file_path", path)],
+        )
+        .await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(envelope(&body)["code"], -400, "{path}");
+    }
+    // A package never uploaded.
+    let unknown = format!("langgenius/echo:0.0.1@{}", "0".repeat(64));
+    let (status, _, body) = extract_asset(
+        &app,
+        &[
+            ("plugin_unique_identifier", &unknown),
+            ("file_path", "icon.svg"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(envelope(&body)["code"], -404);
+    // Malformed or missing parameters.
+    for query in [
+        vec![
+            ("plugin_unique_identifier", "not an identifier"),
+            ("file_path", "icon.svg"),
+        ],
+        vec![("plugin_unique_identifier", id.as_str())],
+        vec![("file_path", "icon.svg")],
+    ] {
+        let (status, _, body) = extract_asset(&app, &query).await;
+        assert_eq!(status, 400, "{query:?}");
+        assert_eq!(envelope(&body)["code"], -400, "{query:?}");
+    }
+    // Behind the key like every /plugin route.
+    let r = app
+        .client
+        .get(format!("{}/plugin/{TENANT}/extract-asset/", app.base))
+        .query(&[
+            ("plugin_unique_identifier", id.as_str()),
+            ("file_path", "icon.svg"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
 #[tokio::test]
 async fn decode_from_identifier_accepts_query_and_json_body() {
     let app = spawn_app().await;
@@ -257,6 +406,105 @@ async fn forced_verification_refuses_unsigned_packages() {
     assert_eq!(body["code"], -400);
 }
 
+/// A daemon on the default signature policy (FORCE_VERIFYING_SIGNATURE on)
+/// that also trusts `public_pem` as a third-party key.
+async fn spawn_trusting(public_pem: &str) -> TestApp {
+    let keys = tempfile::tempdir().unwrap();
+    let key_path = keys.path().join("third-party.pem");
+    std::fs::write(&key_path, public_pem).unwrap();
+    let app = spawn_app_with(
+        &[
+            "--force-verifying-signature",
+            "true",
+            "--third-party-signature-verification-enabled",
+            "true",
+            "--third-party-signature-verification-public-keys",
+            key_path.to_str().unwrap(),
+        ],
+        Arc::new(plugind::install::NoopInstallStep),
+    )
+    .await;
+    // The keys are read once, when the daemon starts.
+    drop(keys);
+    app
+}
+
+#[tokio::test]
+async fn signed_packages_without_a_verification_file_pass_forced_verification_as_langgenius() {
+    use plugind::package::signature::{generate_keypair, parse_private_key, sign_with_key};
+    use plugind::package::AuthorizedCategory;
+    let (private, public) = generate_keypair(2048).unwrap();
+    let key = parse_private_key(&private, "test key").unwrap();
+    let app = spawn_trusting(&public).await;
+
+    // Signed the way packages were before `.verification.dify.json` existed.
+    let legacy =
+        sign_with_key(&tool_package("legacy", "0.0.1"), &key, None, 1_700_000_000).unwrap();
+    let names = plugind::package::read_archive(&legacy, &Default::default())
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect::<Vec<_>>();
+    assert!(
+        !names.iter().any(|n| n == ".verification.dify.json"),
+        "{names:?}"
+    );
+    let (status, body) = app.upload(legacy, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["code"], 0, "{body}");
+    assert_eq!(
+        body["data"]["verification"],
+        json!({"authorized_category": "langgenius"})
+    );
+    assert_eq!(body["data"]["manifest"]["verified"], true);
+    // The second step of a local install decodes it again, with the same answer.
+    let id = body["data"]["unique_identifier"].as_str().unwrap();
+    let (_, decoded) = app
+        .get(
+            "decode/from_identifier",
+            &[("plugin_unique_identifier", id)],
+        )
+        .await;
+    assert_eq!(decoded["code"], 0, "{decoded}");
+    assert_eq!(
+        decoded["data"]["verification"],
+        body["data"]["verification"]
+    );
+    assert_eq!(decoded["data"]["manifest"]["verified"], true);
+
+    // A verification file, when there is one, is what the upload reports.
+    let partner = sign_with_key(
+        &tool_package("partner", "0.0.1"),
+        &key,
+        Some(AuthorizedCategory::Partner),
+        1_700_000_000,
+    )
+    .unwrap();
+    let (_, body) = app.upload(partner, false).await;
+    assert_eq!(body["code"], 0, "{body}");
+    assert_eq!(
+        body["data"]["verification"],
+        json!({"authorized_category": "partner"})
+    );
+
+    // The policy still refuses what no trusted key signed.
+    let (other_private, _) = generate_keypair(2048).unwrap();
+    let stranger = sign_with_key(
+        &tool_package("stranger", "0.0.1"),
+        &parse_private_key(&other_private, "other key").unwrap(),
+        None,
+        1_700_000_000,
+    )
+    .unwrap();
+    let (_, body) = app.upload(stranger, false).await;
+    assert_eq!(body["code"], -400, "{body}");
+    assert!(error_body(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad signature"));
+}
+
 #[tokio::test]
 async fn install_list_fetch_and_uninstall() {
     let app = spawn_app().await;
@@ -418,6 +666,85 @@ async fn install_list_fetch_and_uninstall() {
     ] {
         assert_eq!(counts[t], 0, "{t}");
     }
+}
+
+/// POSTs a management route as another tenant.
+async fn post_as(
+    app: &TestApp,
+    tenant: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    app.client
+        .post(format!("{}/plugin/{tenant}/management/{path}", app.base))
+        .header("X-Api-Key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unknown_ids_are_done_and_touch_nothing_malformed_ones_are_refused() {
+    const OTHER: &str = "5b3c1c2e-1111-4a4a-9c9c-000000000002";
+    let app = spawn_app().await;
+    let (_, task) = app.install(tool_package("echo", "0.0.1")).await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let (_, list) = app.get("list", &[("page", "1"), ("page_size", "10")]).await;
+    let installation_id = list["data"]["list"][0]["id"].as_str().unwrap().to_owned();
+
+    // As the reference: an id the tenant does not have is already gone.
+    let body = post_as(
+        &app,
+        OTHER,
+        "uninstall",
+        json!({"plugin_installation_id": installation_id}),
+    )
+    .await;
+    assert_eq!(body, json!({"code": 0, "message": "success", "data": true}));
+    let (_, un) = app
+        .post(
+            "uninstall",
+            json!({"plugin_installation_id": uuid::Uuid::new_v4().to_string()}),
+        )
+        .await;
+    assert_eq!(un["data"], true, "{un}");
+    let body = post_as(
+        &app,
+        OTHER,
+        &format!("install/tasks/{task_id}/delete"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(body["data"], true, "{body}");
+    let body = post_as(&app, OTHER, "install/tasks/delete_all", json!({})).await;
+    assert_eq!(body["data"], true, "{body}");
+    // … and the owner's installation and task are still there.
+    let (_, list) = app.get("list", &[("page", "1"), ("page_size", "10")]).await;
+    assert_eq!(list["data"]["total"], 1, "{list}");
+    let (_, kept) = app.get(&format!("install/tasks/{task_id}"), &[]).await;
+    assert_eq!(kept["data"]["id"], task_id.as_str(), "{kept}");
+
+    // An id that is no UUID names nothing ever: the caller's mistake.
+    for (path, body) in [
+        ("uninstall", json!({"plugin_installation_id": "garbage"})),
+        ("install/tasks/garbage/delete", json!({})),
+        ("install/tasks/not-a-task/delete/langgenius/echo:0.0.1@0000000000000000000000000000000000000000000000000000000000000000", json!({})),
+    ] {
+        let (status, refused) = app.post(path, body).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(refused["code"], -400, "{path}: {refused}");
+        assert_eq!(
+            error_body(&refused)["error_type"],
+            "PluginDaemonBadRequestError",
+            "{path}"
+        );
+    }
+    let (_, list) = app.get("list", &[("page", "1"), ("page_size", "10")]).await;
+    assert_eq!(list["data"]["total"], 1, "{list}");
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! `dispatch::invoke` against an in-memory runtime that speaks the session
 //! protocol: installation lookup, chunk pass-through, backwards calls served
-//! in-session (plugin storage over the database), errors and cancellation.
+//! in-session (plugin storage over the database), errors and cancellation;
+//! and the dispatch routes over HTTP on the same runtime: the body limit and
+//! the polling routes' one-envelope answers.
 
 mod common;
 
@@ -344,4 +346,268 @@ async fn dropping_the_stream_cancels_the_session() {
             .route(&sid, SessionMessage::Stream(json!(1)))
             .await
     );
+}
+
+/// POSTs a dispatch route of the daemon for `langgenius/kv` with a raw body.
+async fn post_route(app: &TestApp, route: &str, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(format!("{}/plugin/{TENANT}/dispatch/{route}", app.base))
+        .header("X-Api-Key", common::KEY)
+        .header("X-Plugin-ID", "langgenius/kv")
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A tool invocation body of exactly `len` bytes, and the length of the
+/// text parameter that pads it.
+fn body_of_length(len: usize) -> (Vec<u8>, usize) {
+    let with = |pad: usize| {
+        serde_json::to_vec(
+            &json!({"user_id": "u1", "data": {"provider": "kv", "tool": "echo",
+            "tool_parameters": {"text": "x".repeat(pad)}}}),
+        )
+        .unwrap()
+    };
+    let pad = len - with(0).len();
+    let body = with(pad);
+    assert_eq!(body.len(), len);
+    (body, pad)
+}
+
+#[tokio::test]
+async fn a_dispatch_body_over_the_limit_is_refused_with_an_envelope() {
+    let (app, plugin) = setup().await;
+    let limit = plugind::api::dispatch::MAX_BODY;
+    let r = post_route(&app, "tool/invoke", body_of_length(limit + 1).0).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], -400, "{body}");
+    assert_eq!(body["data"], Value::Null);
+    let error = common::error_body(&body);
+    assert_eq!(error["error_type"], "PluginDaemonBadRequestError");
+    assert_eq!(
+        error["message"],
+        format!("request body is larger than {limit} bytes")
+    );
+    assert!(plugin.table.is_empty());
+
+    // A body of exactly the limit reaches the plugin.
+    let (body, pad) = body_of_length(limit);
+    let call = tokio::spawn({
+        let app_base = app.base.clone();
+        let client = app.client.clone();
+        async move {
+            client
+                .post(format!("{app_base}/plugin/{TENANT}/dispatch/tool/invoke"))
+                .header("X-Api-Key", common::KEY)
+                .header("X-Plugin-ID", "langgenius/kv")
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    let req = plugin.request().await;
+    assert_eq!(
+        req.payload["tool_parameters"]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        pad
+    );
+    plugin
+        .table
+        .route(&req.header.session_id, SessionMessage::End)
+        .await;
+    assert_eq!(call.await.unwrap(), "");
+}
+
+/// Starts a polling route call in the background; the daemon's answer is
+/// its HTTP status, content type and JSON body.
+fn start_polling_call(
+    app: &TestApp,
+    route: &'static str,
+    data: Value,
+) -> tokio::task::JoinHandle<(u16, String, Value)> {
+    let url = format!("{}/plugin/{TENANT}/dispatch/{route}", app.base);
+    let client = app.client.clone();
+    tokio::spawn(async move {
+        let r = client
+            .post(url)
+            .header("X-Api-Key", common::KEY)
+            .header("X-Plugin-ID", "langgenius/kv")
+            .json(&json!({"user_id": "u1", "app_id": "app-1", "data": data}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ctype = r.headers()["content-type"].to_str().unwrap().to_owned();
+        (status, ctype, r.json().await.unwrap())
+    })
+}
+
+fn polling_data(extra: Value) -> Value {
+    let mut data =
+        json!({"provider": "kv", "model": "m", "model_type": "llm", "credentials": {"k": "v"}});
+    data.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    data
+}
+
+#[tokio::test]
+async fn polling_routes_send_model_actions_and_answer_the_last_result_as_one_envelope() {
+    let (app, plugin) = setup().await;
+
+    let call = start_polling_call(
+        &app,
+        "model/polling/start",
+        polling_data(json!({"prompt_messages": [], "model_parameters": {}, "stream": false})),
+    );
+    let req = plugin.request().await;
+    assert_eq!(
+        (req.access_type.as_str(), req.action.as_str()),
+        ("model", "start_polling")
+    );
+    assert_eq!(req.user_id, "u1");
+    assert_eq!(req.header.app_id.as_deref(), Some("app-1"));
+    assert_eq!(req.payload["model"], "m");
+    assert_eq!(req.payload["stream"], false);
+    let sid = req.header.session_id;
+    // The reference keeps the last result the plugin sends.
+    for chunk in [
+        json!({"status": "running", "plugin_state": {"step": 0}}),
+        json!({"status": "running", "plugin_state": {"step": 1}, "result": null, "error": null,
+               "next_check_after_seconds": 5, "expires_after_seconds": null, "max_attempts": 3}),
+    ] {
+        plugin
+            .table
+            .route(&sid, SessionMessage::Stream(chunk))
+            .await;
+    }
+    plugin.table.route(&sid, SessionMessage::End).await;
+    let (status, ctype, body) = call.await.unwrap();
+    assert_eq!((status, ctype.as_str()), (200, "application/json"));
+    assert_eq!(
+        body,
+        json!({"code": 0, "message": "success", "data": {"status": "running",
+               "plugin_state": {"step": 1}, "next_check_after_seconds": 5, "max_attempts": 3}})
+    );
+
+    let call = start_polling_call(
+        &app,
+        "model/polling/check",
+        polling_data(json!({"plugin_state": {"step": 1}})),
+    );
+    let req = plugin.request().await;
+    assert_eq!(
+        (req.access_type.as_str(), req.action.as_str()),
+        ("model", "check_polling")
+    );
+    assert_eq!(req.payload["plugin_state"], json!({"step": 1}));
+    let result = json!({"model": "m", "message": {"role": "assistant", "content": "done"}});
+    plugin
+        .table
+        .route(
+            &req.header.session_id,
+            SessionMessage::Stream(json!({"status": "succeeded", "result": result})),
+        )
+        .await;
+    plugin
+        .table
+        .route(&req.header.session_id, SessionMessage::End)
+        .await;
+    let (status, _, body) = call.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"],
+        json!({"status": "succeeded", "result": result})
+    );
+}
+
+#[tokio::test]
+async fn polling_failures_keep_the_reference_status_and_name_what_failed() {
+    let (app, plugin) = setup().await;
+    let start = || {
+        start_polling_call(
+            &app,
+            "model/polling/start",
+            polling_data(json!({"prompt_messages": []})),
+        )
+    };
+
+    // The plugin's own error: a PluginInvokeError carrying it.
+    let call = start();
+    let sid = plugin.request().await.header.session_id;
+    plugin
+        .table
+        .route(
+            &sid,
+            SessionMessage::Error(PluginError {
+                message: "quota".into(),
+                error_type: "InvokeRateLimitError".into(),
+                args: None,
+            }),
+        )
+        .await;
+    let (status, ctype, body) = call.await.unwrap();
+    assert_eq!((status, ctype.as_str()), (500, "application/json"));
+    assert_eq!(body["code"], -500);
+    let outer = common::error_body(&body);
+    assert_eq!(outer["error_type"], "PluginInvokeError");
+    let inner: Value = serde_json::from_str(outer["message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["error_type"], "InvokeRateLimitError");
+    assert_eq!(inner["message"], "quota");
+
+    // A result its status does not allow: the reference's unmarshal error.
+    let call = start();
+    let sid = plugin.request().await.header.session_id;
+    plugin
+        .table
+        .route(&sid, SessionMessage::Stream(json!({"status": "running"})))
+        .await;
+    plugin.table.route(&sid, SessionMessage::End).await;
+    let (status, _, body) = call.await.unwrap();
+    assert_eq!(status, 500);
+    let outer = common::error_body(&body);
+    assert_eq!(outer["error_type"], "PluginInvokeError");
+    let inner: Value = serde_json::from_str(outer["message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["error_type"], "unmarshal_error");
+    assert!(
+        inner["message"].as_str().unwrap().contains("plugin_state"),
+        "{inner}"
+    );
+
+    // No result at all.
+    let call = start();
+    let sid = plugin.request().await.header.session_id;
+    plugin.table.route(&sid, SessionMessage::End).await;
+    let (status, _, body) = call.await.unwrap();
+    assert_eq!(status, 500);
+    assert_eq!(
+        common::error_body(&body),
+        json!({"message": "no polling result received from plugin",
+               "error_type": "PluginDaemonInternalServerError", "args": null})
+    );
+
+    // Refused before any session: the check needs a state to check.
+    for data in [
+        polling_data(json!({})),
+        polling_data(json!({"plugin_state": {}})),
+    ] {
+        let (status, _, body) = start_polling_call(&app, "model/polling/check", data)
+            .await
+            .unwrap();
+        assert_eq!(status, 400);
+        assert_eq!(body["code"], -400, "{body}");
+    }
+    assert!(plugin.table.is_empty());
 }

@@ -164,6 +164,117 @@ async fn tool_routes_stream_what_the_plugin_sends() {
 }
 
 #[tokio::test]
+async fn llm_polling_starts_checks_and_answers_one_envelope_each_time() {
+    let app = spawn_local(HostTimings::default()).await;
+    install_fixture(&app, "echo_model").await;
+    let plugin = "plugind/echo_model";
+    let model = |credentials: Value, extra: Value| {
+        let mut data = json!({"provider": "echo_model", "model_type": "llm", "model": "echo-llm",
+                              "credentials": credentials});
+        data.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        data
+    };
+    let start = |text: &str| {
+        json!({"prompt_messages": [{"role": "user", "content": text}], "model_parameters": {},
+               "tools": [], "stop": [], "stream": false})
+    };
+
+    let (status, ctype, env) = dispatch(
+        &app,
+        "model/polling/start",
+        plugin,
+        model(json!({"api_key": "k", "checks": 1}), start("hi there")),
+    )
+    .await;
+    assert_eq!((status, ctype.as_str()), (200, "application/json"));
+    assert_eq!(
+        env,
+        vec![json!({"code": 0, "message": "success", "data": {
+            "status": "running", "plugin_state": {"text": "hi there", "left": 1},
+            "next_check_after_seconds": 1, "expires_after_seconds": 60, "max_attempts": 2}})]
+    );
+    let mut state = env[0]["data"]["plugin_state"].clone();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (status, ctype, env) = dispatch(
+            &app,
+            "model/polling/check",
+            plugin,
+            model(json!({"api_key": "k"}), json!({"plugin_state": state})),
+        )
+        .await;
+        assert_eq!((status, ctype.as_str()), (200, "application/json"));
+        let data = data_of(&env).remove(0);
+        if let Some(next) = data.get("plugin_state") {
+            state = next.clone();
+        }
+        answers.push(data);
+    }
+    assert_eq!(
+        answers[0],
+        json!({"status": "running", "plugin_state": {"text": "hi there", "left": 0},
+               "next_check_after_seconds": 1})
+    );
+    assert_eq!(answers[1]["status"], "succeeded");
+    let result = &answers[1]["result"];
+    assert_eq!(result["model"], "echo-llm");
+    assert_eq!(result["message"]["content"], "echo: hi there");
+    assert_eq!(result["usage"]["prompt_tokens"], 2);
+    assert_eq!(result["usage"]["completion_tokens"], 3);
+
+    // A job that fails is an answer, not an error.
+    let (_, _, env) = dispatch(
+        &app,
+        "model/polling/check",
+        plugin,
+        model(
+            json!({"api_key": "k"}),
+            json!({"plugin_state": {"text": "fail", "left": 0}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        data_of(&env),
+        vec![json!({"status": "failed", "error": "the job failed"})]
+    );
+
+    // The plugin's own error keeps the reference's HTTP 500.
+    let (status, ctype, env) = dispatch(
+        &app,
+        "model/polling/start",
+        plugin,
+        model(json!({"api_key": "bad"}), start("hi")),
+    )
+    .await;
+    assert_eq!((status, ctype.as_str()), (500, "application/json"));
+    assert_eq!(env[0]["code"], -500);
+    let outer = error_body(&env[0]);
+    assert_eq!(outer["error_type"], "PluginInvokeError");
+    let inner: Value = serde_json::from_str(outer["message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["error_type"], "InvokeError");
+    assert!(
+        inner["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_key is bad"),
+        "{inner}"
+    );
+
+    // An uninstalled plugin, as on every dispatch route.
+    let (status, _, env) = dispatch(
+        &app,
+        "model/polling/check",
+        "plugind/nothing",
+        model(json!({}), json!({"plugin_state": {"left": 0}})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(error_body(&env[0])["error_type"], "PluginNotFoundError");
+}
+
+#[tokio::test]
 async fn model_routes_answer_for_the_echo_model() {
     let app = spawn_local(HostTimings::default()).await;
     install_fixture(&app, "echo_model").await;

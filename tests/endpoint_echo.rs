@@ -40,6 +40,7 @@ fn env_config() -> PythonEnvConfig {
         pyenv_root: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")),
         build_env: plugind::runtime::python_env::default_build_env(),
         stage_dir: None,
+        tools_dir: None,
     }
 }
 
@@ -120,6 +121,18 @@ async fn echo_endpoint_serves_get_head_and_live_sse() {
         .unwrap()
         .starts_with("text/plain"));
     assert_eq!(r.text().await.unwrap(), "hi, x");
+
+    // The same hook id with every character percent-encoded, and a path
+    // with an encoded character of its own.
+    let encoded: String = hook.bytes().map(|b| format!("%{b:02X}")).collect();
+    let r = client
+        .get(format!("{}/e/{encoded}/hell%6F?name=y", ep.app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-echo-endpoint"], "hello");
+    assert_eq!(r.text().await.unwrap(), "hi, y");
 
     let r = client
         .head(ep.hook_url(&hook, "/hello?name=x"))

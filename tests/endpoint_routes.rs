@@ -264,8 +264,37 @@ async fn remove_uncounts_and_deletes() {
         ),
         (Some(1), Some(1))
     );
-    let (_, body) = app.post("remove", json!({"endpoint_id": b["id"]})).await;
-    assert_eq!(body["code"], -404);
+    // Gone: the reference's internal error, word for word, which Dify's
+    // `delete_endpoint` takes as done.
+    let (status, body) = app.post("remove", json!({"endpoint_id": b["id"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["code"], -500, "{body}");
+    assert_eq!(body["data"], Value::Null);
+    assert_eq!(
+        common::error_body(&body),
+        json!({
+            "message": "failed to remove endpoint: record not found",
+            "error_type": "PluginDaemonInternalServerError",
+            "args": null,
+        })
+    );
+    // Another tenant's endpoint is gone as far as this tenant can tell.
+    let other: Value = app
+        .app
+        .client
+        .post(format!(
+            "{}/plugin/{}/endpoint/remove",
+            app.app.base, "5b3c1c2e-1111-4a4a-9c9c-000000000002"
+        ))
+        .header("X-Api-Key", common::KEY)
+        .json(&json!({"endpoint_id": a["id"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["code"], -500, "{other}");
     assert!(app
         .app
         .state

@@ -225,6 +225,41 @@ async fn the_plugin_gets_raw_http_and_clear_settings() {
     assert!(!head.contains("10.1.2.3"), "{head}");
 }
 
+/// Every character of a hook id, percent-encoded.
+fn percent_encoded(hook: &str) -> String {
+    hook.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[tokio::test]
+async fn a_percent_encoded_hook_id_is_found_and_the_path_keeps_its_encoding() {
+    let h = harness().await;
+    drop(h.plugin.feed());
+    let url = format!(
+        "{}/e/{}/a%2Fb/c%20d/%7E?x=%31",
+        h.ep.app.base,
+        percent_encoded(&h.hook)
+    );
+    let r = h.ep.app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let calls = h.plugin.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].endpoint_id, h.endpoint_id);
+    let raw = hex::decode(calls[0].payload["raw_http_request"].as_str().unwrap()).unwrap();
+    let head = String::from_utf8(raw).unwrap();
+    assert!(
+        head.starts_with("GET /a%2Fb/c%20d/%7E?x=%31 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\nDify-Hook-Id: {}\r\n", h.hook)),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("/e/{}/a%2Fb/c%20d/%7E", h.hook)),
+        "{head}"
+    );
+}
+
 #[tokio::test]
 async fn every_method_is_served() {
     let h = harness().await;

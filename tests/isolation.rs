@@ -49,6 +49,24 @@ impl Daemon {
     /// Starts over `dir`; plugins get uids from `uid_range` (each test its
     /// own: leftovers are killed by uid).
     async fn start(dir: tempfile::TempDir, uid_range: &str) -> Self {
+        Self::start_as(
+            dir,
+            uid_range,
+            Path::new(env!("CARGO_BIN_EXE_plugind")),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// Starts `program` as `run_as` (a uid, root only) with `extra` env.
+    async fn start_as(
+        dir: tempfile::TempDir,
+        uid_range: &str,
+        program: &Path,
+        run_as: Option<u32>,
+        extra: &[(&str, String)],
+    ) -> Self {
         // Plugin uids must be able to walk down to their folders.
         std::fs::set_permissions(
             dir.path(),
@@ -67,7 +85,7 @@ impl Daemon {
             format!("ISOLATION_DOTENV_SECRET={DOTENV_SECRET}\n"),
         )
         .unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_plugind"));
+        let mut cmd = tokio::process::Command::new(program);
         cmd.arg("serve")
             .current_dir(dir.path())
             .env("SERVER_HOST", "127.0.0.1")
@@ -93,6 +111,10 @@ impl Daemon {
             .kill_on_drop(true);
         if let Ok(python) = std::env::var("PYTHON312") {
             cmd.env("PYTHON_INTERPRETER_PATH", python);
+        }
+        cmd.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Some(uid) = run_as {
+            cmd.uid(uid).gid(uid);
         }
         let child = cmd.spawn().expect("plugind starts");
         let daemon = Self {
@@ -327,6 +349,83 @@ fn assert_refused(answer: &Value, what: &str) {
 #[tokio::test]
 async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
     let daemon = Daemon::start(tempfile::tempdir().unwrap(), "51000-51999").await;
+    hostile_probes(daemon, is_root()).await;
+}
+
+/// As root the test also runs the daemon as `nobody`, the way an operator
+/// runs it without root: no uid of its own for plugins, but the same clean
+/// environment, Landlock and limits. The daemon, uv and the interpreter are
+/// copied where `nobody` can run them (the originals live under /root).
+#[tokio::test]
+async fn a_daemon_without_root_still_confines_its_plugins() {
+    if !is_root() {
+        eprintln!("not root: the other test already runs the daemon without root");
+        return;
+    }
+    if plugind::runtime::sandbox::landlock_abi() < 6 {
+        eprintln!("this kernel lacks Landlock ABI 6: without root nothing but the environment is confined here");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tools.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let daemon_bin = tools.path().join("plugind");
+    std::fs::copy(env!("CARGO_BIN_EXE_plugind"), &daemon_bin).unwrap();
+    let uv = tools.path().join("uv");
+    std::fs::copy(std::env::var("UV_PATH").expect("UV_PATH is set"), &uv).unwrap();
+    let python =
+        std::fs::canonicalize(std::env::var("PYTHON312").expect("PYTHON312 is set")).unwrap();
+    let prefix = python.parent().unwrap().parent().unwrap();
+    let copy = tools.path().join("python");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(prefix)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(copy.join("lib/python3.12/test"));
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let lib = copy.join("lib").to_string_lossy().into_owned();
+    let extra = [
+        (
+            "HOME",
+            dir.path().join("home").to_string_lossy().into_owned(),
+        ),
+        ("UV_PATH", uv.to_string_lossy().into_owned()),
+        (
+            "UV_CACHE_DIR",
+            dir.path().join("uv-cache").to_string_lossy().into_owned(),
+        ),
+        (
+            "PYTHON_INTERPRETER_PATH",
+            copy.join("bin")
+                .join(python.file_name().unwrap())
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        // The copy's libpython is found through the loader path, passed on
+        // to plugins on purpose.
+        ("LD_LIBRARY_PATH", lib),
+        ("PLUGIN_ENV_PASSTHROUGH", "LD_LIBRARY_PATH".to_owned()),
+    ];
+    let daemon = Daemon::start_as(dir, "53000-53999", &daemon_bin, Some(NOBODY), &extra).await;
+    assert!(
+        daemon.log().contains("plugind is not root"),
+        "{}",
+        daemon.log()
+    );
+    hostile_probes(daemon, false).await;
+}
+
+/// Every probe of the hostile plugin, with `own_uid` when plugins run as
+/// uids of their own.
+async fn hostile_probes(daemon: Daemon, own_uid: bool) {
     let (echo_id, _) = daemon.install(TENANT_A, "echo_tool").await;
     let (hostile_id, hostile_installation) = daemon.install(TENANT_B, "hostile_tool").await;
     assert_eq!(daemon.echo("before").await, "before");
@@ -420,7 +519,7 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
         "signalling the daemon",
     );
 
-    if is_root() {
+    if own_uid {
         let uid = who["uid"].as_u64().unwrap() as u32;
         assert!((51_000..=51_999).contains(&uid), "plugin uid {uid}");
         assert_eq!(who["groups"], json!([uid]), "no supplementary groups");
@@ -460,14 +559,14 @@ async fn a_hostile_plugin_reaches_nothing_of_the_daemon_or_other_plugins() {
         .await;
     assert_eq!(removed["code"], 0, "{removed}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while alive(pid) && is_root() {
+    while alive(pid) && own_uid {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the plugin's child {pid} outlived its uninstall"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if !is_root() {
+    if !own_uid {
         // Without a uid of its own a child that called setsid escapes the
         // process group; the death signal does not reach grandchildren.
         let _ = nix::sys::signal::kill(

@@ -308,6 +308,57 @@ fn bad_yaml_in_a_provider_file_names_that_file() {
     assert!(err.to_string().contains("tools/demo.yaml"), "{err}");
 }
 
+/// A document nested `depth` levels deep in flow style, as the probe sent.
+fn deeply_nested(depth: usize) -> String {
+    "{a: ".repeat(depth) + "1" + &"}".repeat(depth)
+}
+
+#[test]
+fn a_deeply_nested_manifest_is_refused_before_parsing() {
+    let deep = deeply_nested(200_000);
+    let err = decode_err(&zip_of(&with(&[("manifest.yaml", &deep)])));
+    assert!(
+        matches!(err, PackageError::YamlLimit { ref file, .. } if file == "manifest.yaml"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("nests deeper than 64 levels"),
+        "{err}"
+    );
+    let err: DaemonError = err.into();
+    assert_eq!(err.error_type(), "PluginDaemonBadRequestError");
+}
+
+#[test]
+fn every_declaration_yaml_is_bounded() {
+    let provider = PROVIDER.to_owned() + "extra: " + &deeply_nested(100) + "\n";
+    let err = decode_err(&zip_of(&with(&[("provider/demo.yaml", &provider)])));
+    assert!(
+        matches!(err, PackageError::YamlLimit { ref file, .. } if file == "provider/demo.yaml"),
+        "{err}"
+    );
+    let tool = TOOL.to_owned() + &"- ".repeat(100) + "x\n";
+    let err = decode_err(&zip_of(&with(&[("tools/demo.yaml", &tool)])));
+    assert!(
+        matches!(err, PackageError::YamlLimit { ref file, .. } if file == "tools/demo.yaml"),
+        "{err}"
+    );
+    // Text that does not compress, so the zip's own ratio check passes.
+    let mut seed = 1u32;
+    let noise: String = (0..2 << 20)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            char::from(b'a' + (seed >> 16) as u8 % 26)
+        })
+        .collect();
+    let huge = TOOL.to_owned() + "notes: " + &noise + "\n";
+    let err = decode_err(&zip_of(&with(&[("tools/demo.yaml", &huge)])));
+    assert!(
+        err.to_string().contains("a YAML file may have at most"),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_referenced_file_is_named() {
     let files: Vec<_> = good_files()

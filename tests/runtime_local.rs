@@ -45,6 +45,7 @@ fn env_config() -> PythonEnvConfig {
         pyenv_root: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")),
         build_env: plugind::runtime::python_env::default_build_env(),
         stage_dir: None,
+        tools_dir: None,
     }
 }
 

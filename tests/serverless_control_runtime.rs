@@ -177,6 +177,7 @@ async fn fixture(replies: Vec<Reply>, max_retries: u32) -> Fixture {
         backoff_base: Duration::from_millis(10),
         default_timeout: Duration::from_secs(20),
         max_line: 5 * 1024 * 1024,
+        max_request_bytes: plugind::runtime::serverless::MAX_PAYLOAD,
     };
     let runtime = ServerlessRuntime::new(
         "langgenius/echo:0.0.1@abc",

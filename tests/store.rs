@@ -89,7 +89,19 @@ async fn installs_count_references_and_the_last_uninstall_removes_the_plugin() {
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(store.declaration(&id).await.unwrap(), Some(d.clone()));
+    // Read back through the declaration types: what was stored, with the
+    // defaults Dify's parsers need filled in.
+    let stored = store
+        .declaration(&id)
+        .await
+        .unwrap()
+        .expect("kept while referenced");
+    assert_eq!(stored["name"], d["name"]);
+    assert_eq!(stored["model"]["provider"], d["model"]["provider"]);
+    assert_eq!(
+        stored["tool"]["identity"]["name"],
+        d["tool"]["identity"]["name"]
+    );
 
     let out = store
         .uninstall_plugin(T2, &b.installation.id)

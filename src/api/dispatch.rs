@@ -10,10 +10,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{middleware, Json, Router};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -29,14 +30,30 @@ use crate::runtime::SessionHeader;
 /// Header naming the plugin (`author/name`) whose installation serves the call.
 pub const PLUGIN_ID_HEADER: &str = "X-Plugin-ID";
 
+/// Largest dispatch request body, in bytes (axum's default, made explicit so
+/// the refusal can name it).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// How a dispatch route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// A stream of `data: <envelope>` lines, one per chunk.
+    Stream,
+    /// One JSON envelope holding the plugin's polling result (the polling
+    /// routes, which the reference answers without a stream).
+    Polling,
+}
+
 /// One dispatch route: its path under `/dispatch`, the plugin access type
-/// and action it becomes, and the `data` fields the reference requires.
+/// and action it becomes, the `data` fields the reference requires, and how
+/// it answers.
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchRoute {
     pub path: &'static str,
     pub access_type: &'static str,
     pub action: &'static str,
     pub required: &'static [&'static str],
+    pub reply: Reply,
 }
 
 const fn route(
@@ -50,6 +67,23 @@ const fn route(
         access_type,
         action,
         required,
+        reply: Reply::Stream,
+    }
+}
+
+/// A polling route (reference: `controllers/model_polling.go`,
+/// `service/model_polling.go`).
+const fn polling(
+    path: &'static str,
+    action: &'static str,
+    required: &'static [&'static str],
+) -> DispatchRoute {
+    DispatchRoute {
+        path,
+        access_type: "model",
+        action,
+        required,
+        reply: Reply::Polling,
     }
 }
 
@@ -218,6 +252,12 @@ pub const ROUTES: &[DispatchRoute] = &[
         "invoke_agent_strategy",
         &["agent_strategy_provider", "agent_strategy"],
     ),
+    polling("model/polling/start", "start_polling", MODEL),
+    polling(
+        "model/polling/check",
+        "check_polling",
+        &["provider", "model", "model_type", "plugin_state"],
+    ),
 ];
 
 /// The dispatch routes (behind the `X-Api-Key` check) and the unauthenticated
@@ -231,16 +271,17 @@ pub fn router(state: AppState) -> Router<AppState> {
                 move |state: State<AppState>,
                       tenant: Path<String>,
                       headers: HeaderMap,
-                      body: Bytes| handle(state, tenant, headers, body, spec),
+                      body: Result<Bytes, BytesRejection>| {
+                    handle(state, tenant, headers, body, spec)
+                },
             ),
         );
     }
-    dispatch
-        .route_layer(middleware::from_fn_with_state(
-            state,
-            super::require_api_key,
-        ))
-        .route("/metrics", get(crate::metrics::handler))
+    let dispatch = dispatch.layer(DefaultBodyLimit::max(MAX_BODY));
+    dispatch.route_layer(middleware::from_fn_with_state(
+        state,
+        super::require_api_key,
+    ))
 }
 
 /// The body Dify sends: the session's context and the action's `data`.
@@ -272,10 +313,26 @@ async fn handle(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
     spec: &'static DispatchRoute,
 ) -> Response {
     let started = Instant::now();
+    // A body that cannot be read is refused with an envelope, as every other
+    // refusal: Dify parses each line of the answer as one (axum's own
+    // rejection is plain text).
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            crate::metrics::record_request(spec.path, "refused", started.elapsed());
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body is larger than {MAX_BODY} bytes")
+            } else {
+                format!("cannot read the request body: {}", rejection.body_text())
+            };
+            return refuse(status, DaemonError::BadRequest(message));
+        }
+    };
     let plugin_id = headers
         .get(PLUGIN_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -310,6 +367,9 @@ async fn handle(
         payload,
         timeout: None,
     };
+    if spec.reply == Reply::Polling {
+        return polling_reply(&state, invoke, span, spec, started).await;
+    }
     let chunks = match dispatch::invoke(&state, invoke)
         .instrument(span.clone())
         .await
@@ -343,6 +403,63 @@ async fn handle(
     sse_response(Body::from_stream(futures::stream::iter(first).chain(lines)))
 }
 
+/// Runs a polling action to its end and answers its result as one envelope
+/// (reference: `service/model_polling.go`). The last chunk is the result, as
+/// the reference reads it. Failures keep the reference's HTTP 500, with the
+/// envelope naming what failed: PluginInvokeError for the plugin's own error,
+/// PluginDaemonInternalServerError for the daemon's (the reference wraps even
+/// a timeout as a PluginInvokeError whose message is not the JSON Dify then
+/// parses).
+async fn polling_reply(
+    state: &AppState,
+    invoke: InvokeRequest,
+    span: tracing::Span,
+    spec: &'static DispatchRoute,
+    started: Instant,
+) -> Response {
+    let mut chunks = match dispatch::invoke(state, invoke)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(chunks) => chunks,
+        Err(DaemonError::PluginNotFound) => {
+            crate::metrics::record_request(spec.path, "refused", started.elapsed());
+            return refuse(StatusCode::NOT_FOUND, DaemonError::PluginNotFound);
+        }
+        Err(err) => {
+            crate::metrics::record_request(spec.path, "error", started.elapsed());
+            let _enter = span.enter();
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, err);
+        }
+    };
+    let mut last = None;
+    let outcome = loop {
+        match chunks.next().instrument(span.clone()).await {
+            Some(Ok(chunk)) => last = Some(chunk),
+            Some(Err(err)) => break Err(mid_stream_error(err)),
+            None => {
+                break match last.take() {
+                    Some(chunk) => dispatch::polling::PollingResult::from_chunk(chunk),
+                    None => Err(DaemonError::internal_msg(
+                        "no polling result received from plugin",
+                    )),
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(result) => {
+            crate::metrics::record_request(spec.path, "ok", started.elapsed());
+            super::envelope::Envelope::success(result).into_response()
+        }
+        Err(err) => {
+            crate::metrics::record_request(spec.path, "error", started.elapsed());
+            let _enter = span.enter();
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, err)
+        }
+    }
+}
+
 fn sse_response(body: Body) -> Response {
     Response::builder()
         .status(StatusCode::OK)
@@ -368,6 +485,8 @@ fn parse_body(
     for field in spec.required {
         let present = match data.get(*field) {
             Some(Value::String(s)) => !s.is_empty(),
+            // `plugin_state` must hold something (`required,min=1`).
+            Some(Value::Object(o)) => !o.is_empty(),
             Some(Value::Null) | None => false,
             Some(_) => true,
         };
@@ -470,8 +589,9 @@ mod tests {
         paths.sort_unstable();
         paths.dedup();
         assert_eq!(paths.len(), ROUTES.len());
-        // The 33 generated routes of the reference plus agent_strategy/invoke.
-        assert_eq!(ROUTES.len(), 34);
+        // The 33 generated routes of the reference plus agent_strategy/invoke
+        // and the two polling routes.
+        assert_eq!(ROUTES.len(), 36);
     }
 
     #[test]

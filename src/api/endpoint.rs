@@ -232,10 +232,13 @@ async fn disable(
 }
 
 /// The path after `/e/{hook_id}`, still percent-encoded as the caller sent
-/// it (the router's captured path is decoded).
-fn raw_suffix<'a>(uri_path: &'a str, hook_id: &str) -> &'a str {
-    let prefix_len = "/e/".len() + hook_id.len();
-    uri_path.get(prefix_len..).unwrap_or("")
+/// it. The router hands over the hook id decoded, so its length says
+/// nothing about where it ends in the URI (`%30%34…` is three times as
+/// long as `04…`): the raw hook segment ends at the first `/` after `/e/`,
+/// since an encoded `%2F` does not split segments.
+fn raw_suffix(uri_path: &str) -> &str {
+    let rest = uri_path.strip_prefix("/e/").unwrap_or_default();
+    rest.find('/').map_or("", |slash| &rest[slash..])
 }
 
 async fn serve_root(
@@ -243,7 +246,7 @@ async fn serve_root(
     Path(hook_id): Path<String>,
     req: Request,
 ) -> Response {
-    let path = raw_suffix(req.uri().path(), &hook_id).to_owned();
+    let path = raw_suffix(req.uri().path()).to_owned();
     ctx.server.handle(&hook_id, &path, req).await
 }
 
@@ -252,6 +255,19 @@ async fn serve_path(
     Path((hook_id, _)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    let path = raw_suffix(req.uri().path(), &hook_id).to_owned();
+    let path = raw_suffix(req.uri().path()).to_owned();
     ctx.server.handle(&hook_id, &path, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_suffix;
+
+    #[test]
+    fn the_suffix_follows_the_raw_hook_segment() {
+        assert_eq!(raw_suffix("/e/abc"), "");
+        assert_eq!(raw_suffix("/e/abc/"), "/");
+        assert_eq!(raw_suffix("/e/abc/x/y"), "/x/y");
+        assert_eq!(raw_suffix("/e/%61%62%63/x%2Fy/%7E"), "/x%2Fy/%7E");
+    }
 }

@@ -215,11 +215,25 @@ pub async fn get_task(
     }
 }
 
-/// `POST install/tasks/{id}/delete`.
+/// Refuses an installation or task id that is not a UUID. The reference
+/// looks such an id up in a `uuid` column, which PostgreSQL refuses with an
+/// internal error; it is the caller's mistake, so it is answered as one. A
+/// well-formed id that names nothing of this tenant's is not an error: the
+/// reference answers `true` for it, and so does this daemon.
+fn require_uuid(name: &str, value: &str) -> Result<()> {
+    uuid::Uuid::parse_str(value).map(|_| ()).map_err(|_| {
+        DaemonError::BadRequest(format!("{name} must be a UUID, got {value:?}")).into()
+    })
+}
+
+/// `POST install/tasks/{id}/delete` → `true`, also when the tenant has no
+/// such task (reference: `DeletePluginInstallationTask` deletes by id and
+/// tenant and reports no count).
 pub async fn delete_task(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(String, String)>,
 ) -> Result {
+    require_uuid("task id", &id)?;
     state.store.delete_task(&tenant_id, &id).await?;
     ok(true)
 }
@@ -238,6 +252,7 @@ pub async fn delete_task_item(
     State(state): State<AppState>,
     Path((tenant_id, id, identifier)): Path<(String, String, String)>,
 ) -> Result {
+    require_uuid("task id", &id)?;
     let identifier: PluginUniqueIdentifier = identifier
         .trim_start_matches('/')
         .parse()
@@ -278,13 +293,16 @@ pub async fn fetch_readme(State(state): State<AppState>, input: Input) -> Result
     ok(state.packages.readme(&id, &language).await?)
 }
 
-/// `POST uninstall` `{plugin_installation_id}` → `true`, even when absent.
+/// `POST uninstall` `{plugin_installation_id}` → `true`, also when the
+/// tenant has no such installation (another tenant's included: nothing of
+/// theirs is touched), as the reference's `UninstallPlugin` answers.
 pub async fn uninstall(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     input: Input,
 ) -> Result {
     let id = input.str("plugin_installation_id")?;
+    require_uuid("plugin_installation_id", &id)?;
     state.installer.uninstall(&tenant_id, &id).await?;
     ok(true)
 }
@@ -916,6 +934,34 @@ pub async fn asset(
             let err = DaemonError::NotFound("asset not found".into());
             Ok((
                 StatusCode::NOT_FOUND,
+                axum::Json(super::envelope::error_envelope_json(&err)),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// `GET /plugin/{tenant_id}/extract-asset/?plugin_unique_identifier&file_path`:
+/// the raw bytes of a file under an uploaded package's `_assets/`, which
+/// Dify's console serves for packages not installed yet. Dify reads any
+/// answer but HTTP 200 as a failure and any 200 as the file itself, so every
+/// refusal here carries a 4xx/5xx status (the envelope is for people).
+pub async fn extract_asset(State(state): State<AppState>, input: Input) -> Result {
+    let id = input.identifier("plugin_unique_identifier")?;
+    let path = input.str("file_path")?;
+    match state.packages.package_asset(&id, &path).await {
+        Ok(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        Err(err) => {
+            let status = match &err {
+                DaemonError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            err.log();
+            Ok((
+                status,
                 axum::Json(super::envelope::error_envelope_json(&err)),
             )
                 .into_response())

@@ -119,6 +119,10 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
         .route(&format!("{m}/triggers"), get(h::list_triggers))
         .route(&format!("{m}/trigger"), get(h::get_trigger))
         .route("/plugin/{tenant_id}/asset/{id}", get(h::asset))
+        // Dify asks with the trailing slash (the reference's route); without
+        // it is answered the same.
+        .route("/plugin/{tenant_id}/extract-asset/", get(h::extract_asset))
+        .route("/plugin/{tenant_id}/extract-asset", get(h::extract_asset))
         .merge(mcp::routes(gateway.clone()))
         .merge(endpoints.management)
         .merge(debugging::routes(&state))
@@ -126,14 +130,20 @@ pub fn app_with_mcp(state: AppState, gateway: std::sync::Arc<crate::mcp::McpGate
             state.clone(),
             require_api_key,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/health/check", get(health_check))
         .merge(plugin_routes)
         .merge(dispatch::router(state.clone()))
         .merge(gateway.routes())
-        .merge(endpoints.public)
-        .merge(serverless::routes())
-        .with_state(state)
+        .merge(serverless::routes());
+    // As in the reference, a disabled feature's routes are absent (404).
+    if state.settings.plugin_endpoint_enabled {
+        router = router.merge(endpoints.public);
+    }
+    if state.settings.prometheus_enabled {
+        router = router.route("/metrics", get(crate::metrics::handler));
+    }
+    router.with_state(state)
 }
 
 /// Refuses requests whose `X-Api-Key` is not SERVER_KEY. Both sides are

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tokio_util::codec::FramedRead;
 use tokio_util::io::StreamReader;
 
-use super::frame::{line_payload, FrameError, InnerStreamDecoder, DEFAULT_MAX_FRAME};
+use super::frame::{line_payload, FrameError, InnerStreamDecoder};
 use crate::settings::{Secret, Settings};
 
 /// Failures talking to the inner API. The texts follow the reference's,
@@ -68,7 +68,7 @@ impl InnerApiConfig {
             api_key: settings.dify_inner_api_key.clone(),
             write_timeout: Duration::from_millis(settings.dify_backwards_invocation_write_timeout),
             read_timeout: Duration::from_millis(settings.dify_backwards_invocation_read_timeout),
-            max_message: DEFAULT_MAX_FRAME,
+            max_message: settings.response_max_buffer_size,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! plugin's backwards calls itself, so callers only ever see the chunks
 //! (reference: `internal/core/io_tunnel/generic.go`).
 
+pub mod polling;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,6 +34,9 @@ pub enum EndpointError {
     /// No endpoint, or no installation behind it.
     #[error("{0}")]
     NotFound(String),
+    /// The endpoint to remove is gone (or is another tenant's).
+    #[error("failed to remove endpoint: record not found")]
+    RemoveGone,
     /// The tenant has not installed the plugin.
     #[error("plugin not found")]
     PluginNotFound,
@@ -61,6 +64,10 @@ impl From<EndpointError> for DaemonError {
     fn from(e: EndpointError) -> Self {
         match e {
             EndpointError::NotFound(m) => DaemonError::NotFound(m),
+            // The reference's answer, word for word (`setup_endpoint.go`
+            // wraps gorm's "record not found" in an internal error): Dify's
+            // `delete_endpoint` recognises it and treats the removal as done.
+            EndpointError::RemoveGone => DaemonError::GoneAsInternal(e.to_string()),
             EndpointError::PluginNotFound => DaemonError::PluginNotFound,
             EndpointError::PermissionDenied => DaemonError::PermissionDenied(e.to_string()),
             EndpointError::NoEndpoint | EndpointError::InvalidSettings(_) => {

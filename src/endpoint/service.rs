@@ -291,7 +291,7 @@ impl EndpointService {
             .store
             .delete_endpoint(tenant_id, endpoint_id)
             .await?
-            .ok_or_else(|| EndpointError::NotFound("endpoint not found".into()))?;
+            .ok_or(EndpointError::RemoveGone)?;
         // The reference sends `clear` with no config, which its own encrypt
         // helper then skips; the config is looked up here so Dify really
         // drops the cache when there are secrets.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use plugind_packager::{build_artifact, Arch, BuildOptions, ProgressFn, UploadMode};
 
 use super::serverless::{Artifact, ArtifactBuilder};
-use crate::runtime::python_env::{find_uv, PythonEnvConfig};
+use crate::runtime::python_env::{ensure_uv, no_progress, PythonEnvConfig};
 use crate::settings::Settings;
 
 /// The bootstrap's file name, in `<dir>/<arch>/` and next to `plugind`.
@@ -126,7 +126,9 @@ impl ArtifactBuilder for PackagerBuilder {
         arch: Arch,
     ) -> Result<Artifact, String> {
         let bootstrap = self.bootstrap(arch)?;
-        let uv = find_uv(&self.env).await.map_err(|e| e.to_string())?;
+        let uv = ensure_uv(&self.env, &no_progress())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut opts = BuildOptions::new(arch, bootstrap, uv.program());
         opts.cache_dir = Some(self.env.uv_cache_dir.clone());
         opts.extra_uv_args = self.uv_args();
@@ -170,6 +172,7 @@ mod tests {
             pyenv_root: None,
             build_env: crate::runtime::python_env::default_build_env(),
             stage_dir: None,
+            tools_dir: None,
         };
         PackagerBuilder::new(env, dir, String::new())
     }

@@ -119,6 +119,16 @@ fn truncate(message: &str) -> String {
     format!("{}...{}", &message[..head], &message[tail..])
 }
 
+/// "15 minutes", "1 minute", "250 ms".
+fn human_duration(d: Duration) -> String {
+    match d.as_secs() {
+        0 => format!("{} ms", d.as_millis()),
+        60 => "1 minute".into(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 /// Runs installs, upgrades and uninstalls.
 pub struct Installer {
     store: Store,
@@ -126,6 +136,7 @@ pub struct Installer {
     runtime_type: String,
     package_prefix: String,
     finished_task_ttl: Duration,
+    install_timeout: Duration,
 }
 
 enum JobKind {
@@ -149,7 +160,17 @@ impl Installer {
             package_prefix: package_prefix.into(),
             // The reference drops succeeded tasks after two minutes.
             finished_task_ttl: Duration::from_secs(120),
+            // PLUGIN_INSTALL_TIMEOUT's default.
+            install_timeout: Duration::from_secs(15 * 60),
         }
+    }
+
+    /// How long one plugin's install or upgrade may take before its task
+    /// fails (PLUGIN_INSTALL_TIMEOUT). The step is dropped then, which
+    /// stops whatever it had started (children are killed on drop).
+    pub fn with_install_timeout(mut self, timeout: Duration) -> Self {
+        self.install_timeout = timeout;
+        self
     }
 
     /// How long a succeeded task stays visible.
@@ -385,7 +406,18 @@ impl Installer {
             let inner = {
                 let this = this.clone();
                 let task_id = task_id.clone();
-                tokio::spawn(async move { this.run_job(&task_id, job, &source, kind).await })
+                let limit = this.install_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limit, this.run_job(&task_id, job, &source, kind))
+                        .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(format!(
+                            "installation timed out after {} (PLUGIN_INSTALL_TIMEOUT)",
+                            human_duration(limit)
+                        )),
+                    }
+                })
             };
             let outcome = match inner.await {
                 Ok(outcome) => outcome,

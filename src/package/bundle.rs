@@ -323,6 +323,7 @@ fn dependency(index: usize, raw: &RawDependency) -> Result<Dependency, BundleErr
 
 /// Parses a bundle `manifest.yaml`.
 pub fn parse_manifest(yaml: &[u8]) -> Result<BundleManifest, BundleError> {
+    super::yaml_limits::check("manifest.yaml", yaml)?;
     let raw: RawManifest =
         serde_yaml::from_slice(yaml).map_err(|e| BundleError::Yaml(e.to_string()))?;
     if let Some(kind) = raw.kind.as_deref() {
@@ -532,5 +533,15 @@ dependencies:
 
         let e = decode_bundle(b"not a zip", &limits).unwrap_err();
         assert!(matches!(e, BundleError::Archive(_)), "{e}");
+    }
+
+    #[test]
+    fn a_deeply_nested_manifest_is_refused_before_parsing() {
+        let deep = "[".repeat(100_000);
+        let e = parse_manifest(deep.as_bytes()).unwrap_err();
+        assert!(
+            matches!(e, BundleError::Archive(PackageError::YamlLimit { .. })),
+            "{e}"
+        );
     }
 }

@@ -45,6 +45,10 @@ pub enum PackageError {
     /// A file referenced by the manifest or a provider file is absent.
     #[error("failed to read {kind} file: {file}")]
     MissingFile { kind: &'static str, file: String },
+    /// A YAML file is larger, deeper or expands further than a package
+    /// may carry (see `yaml_limits`); refused before parsing.
+    #[error("{file} is refused before parsing: {reason}")]
+    YamlLimit { file: String, reason: String },
     /// A YAML file does not parse into what it declares.
     #[error("failed to parse {file}: {message}")]
     Yaml { file: String, message: String },

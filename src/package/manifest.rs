@@ -61,8 +61,10 @@ fn yaml_error(file: &str, e: impl std::fmt::Display) -> PackageError {
     }
 }
 
-/// Parses `bytes` (from `file`) as YAML into `T`.
+/// Parses `bytes` (from `file`) as YAML into `T`, within the limits of
+/// [`super::yaml_limits`]: every YAML file of a package goes through here.
 fn parse<T: DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, PackageError> {
+    super::yaml_limits::check(file, bytes)?;
     serde_yaml::from_slice(bytes).map_err(|e| yaml_error(file, e))
 }
 

@@ -15,6 +15,7 @@ pub mod identifier;
 pub mod manifest;
 pub mod packager;
 pub mod signature;
+pub mod yaml_limits;
 
 use std::collections::BTreeMap;
 

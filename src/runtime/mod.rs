@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod local;
 pub mod protocol;
+pub mod provision;
 pub mod python_env;
 pub mod registry;
 pub mod sandbox;

@@ -23,6 +23,9 @@ pub const VENV_DIR: &str = ".venv";
 /// Written when the environment is complete. Same path as the reference
 /// daemon's, so an environment it built is reused as is.
 pub const MARKER: &str = ".venv/dify/plugin.json";
+/// The daemon's own tools (a provisioned uv, interpreters uv installed),
+/// relative to the working path, beside the `.uv-cache`.
+pub const TOOLS_DIR: &str = ".tools";
 /// How many of uv's last output lines an error carries.
 const TAIL_LINES: usize = 20;
 /// Longest output line kept from a build command.
@@ -34,6 +37,16 @@ pub enum EnvError {
     /// No uv binary could be found or run.
     #[error("uv not found: {0}")]
     UvNotFound(String),
+    /// No uv was configured or found, and installing one failed.
+    #[error("uv not found, and installing it into {dir} failed (set UV_PATH, or put uv on PATH, or let pip reach a package index: PIP_MIRROR_URL, HTTPS_PROXY, SSL_CERT_FILE or PIP_CERT): {reason}")]
+    UvInstall { dir: PathBuf, reason: String },
+    /// Why the uv installation stopped, before it is reported as
+    /// [`EnvError::UvInstall`].
+    #[error("{0}")]
+    Provision(String),
+    /// No interpreter of the wanted version, and uv could not install one.
+    #[error("no Python {version} found, and `uv python install {version}` failed (set PYTHON_INTERPRETER_PATH to a Python {version} interpreter, or UV_PYTHON_INSTALL_MIRROR to a reachable mirror of uv's Python builds): {reason}")]
+    NoInterpreter { version: String, reason: String },
     /// The plugin has neither requirements.txt nor pyproject.toml.
     #[error("neither requirements.txt nor pyproject.toml in {0}")]
     NoDependencyFile(PathBuf),
@@ -69,6 +82,10 @@ pub enum EnvError {
 pub enum EnvPhase {
     /// Looking for uv and an interpreter.
     Preparing,
+    /// Installing uv, none being configured or found.
+    InstallingUv,
+    /// `uv python install`, no interpreter of the wanted version being found.
+    InstallingPython,
     /// `uv venv`.
     CreatingVenv,
     /// `uv pip install` or `uv sync`.
@@ -84,6 +101,8 @@ impl EnvPhase {
     pub fn label(self) -> &'static str {
         match self {
             Self::Preparing => "preparing",
+            Self::InstallingUv => "installing uv",
+            Self::InstallingPython => "installing Python",
             Self::CreatingVenv => "creating virtual environment",
             Self::InstallingDependencies => "installing dependencies",
             Self::Compiling => "compiling",
@@ -133,19 +152,25 @@ pub struct PythonEnvConfig {
     /// When plugins run as other uids: where an interpreter they could not
     /// reach (under a private home, say) is copied first.
     pub stage_dir: Option<PathBuf>,
+    /// Where uv is installed when none is configured or found, and where
+    /// `uv python install` puts interpreters (`<working path>/.tools`);
+    /// `None` installs neither.
+    pub tools_dir: Option<PathBuf>,
 }
 
 impl PythonEnvConfig {
     /// From the settings, plus PATH, PYENV_ROOT and HOME of this process.
     pub fn from_settings(settings: &Settings) -> Self {
-        Self::new(
+        let mut cfg = Self::new(
             settings.uv_path.clone(),
             settings.python_interpreter_path.clone(),
             settings.pip_mirror_url.as_deref(),
             settings.pip_extra_args.as_deref(),
             settings.uv_cache_path(),
             Duration::from_secs(settings.python_env_init_timeout),
-        )
+        );
+        cfg.tools_dir = Some(settings.working_path().join(TOOLS_DIR));
+        cfg
     }
 
     /// From explicit values (an empty mirror URL counts as none; extra
@@ -180,6 +205,7 @@ impl PythonEnvConfig {
             pyenv_root,
             build_env: default_build_env(),
             stage_dir: None,
+            tools_dir: None,
         }
     }
 }
@@ -216,7 +242,7 @@ fn major_minor(version: &str) -> Option<String> {
     Some(format!("{major}.{minor}"))
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(super) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -268,16 +294,8 @@ pub async fn find_interpreter(
 ) -> Option<PathBuf> {
     let mm = runner_version.and_then(major_minor)?;
     for candidate in interpreter_candidates(cfg, runner_version) {
-        let probe = Command::new(&candidate)
-            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(10), probe).await {
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == mm {
-                return Some(candidate);
-            }
+        if python_version(&candidate).await.as_deref() == Some(mm.as_str()) {
+            return Some(candidate);
         }
     }
     None
@@ -300,8 +318,10 @@ impl UvCommand {
     }
 }
 
-/// Finds uv: UV_PATH, else `uv` on the search path, else the binary of the
-/// `uv` Python package installed for PYTHON_INTERPRETER_PATH (or `python3`).
+/// Finds uv: UV_PATH, else `uv` on the search path, else one installed
+/// before into the tools folder, else the binary of the `uv` Python package
+/// installed for PYTHON_INTERPRETER_PATH (or `python3`). Installs nothing;
+/// see [`ensure_uv`].
 pub async fn find_uv(cfg: &PythonEnvConfig) -> Result<UvCommand, EnvError> {
     if let Some(path) = &cfg.uv_path {
         if is_executable(path) {
@@ -321,6 +341,13 @@ pub async fn find_uv(cfg: &PythonEnvConfig) -> Result<UvCommand, EnvError> {
         .find(|p| is_executable(p))
     {
         return Ok(UvCommand { program: found });
+    }
+    if let Some(program) = cfg
+        .tools_dir
+        .as_deref()
+        .and_then(super::provision::provisioned_uv)
+    {
+        return Ok(UvCommand { program });
     }
     let python = cfg
         .python_interpreter_path
@@ -347,6 +374,156 @@ pub async fn find_uv(cfg: &PythonEnvConfig) -> Result<UvCommand, EnvError> {
         python.display(),
         python.display()
     )))
+}
+
+/// [`find_uv`], and when it finds none and UV_PATH is unset, a uv installed
+/// into the tools folder now (progress as [`EnvPhase::InstallingUv`]).
+pub async fn ensure_uv(
+    cfg: &PythonEnvConfig,
+    progress: &ProgressFn,
+) -> Result<UvCommand, EnvError> {
+    match (find_uv(cfg).await, &cfg.uv_path, &cfg.tools_dir) {
+        (Err(EnvError::UvNotFound(_)), None, Some(tools)) => {
+            let program = super::provision::ensure_uv(cfg, tools, progress).await?;
+            Ok(UvCommand { program })
+        }
+        (found, _, _) => found,
+    }
+}
+
+/// The interpreter a plugin's venv is made with: one of the manifest's
+/// version on PATH or under pyenv, else PYTHON_INTERPRETER_PATH when it is
+/// that version, else one `uv python install` fetches, else
+/// PYTHON_INTERPRETER_PATH whatever its version. Without a runner version:
+/// PYTHON_INTERPRETER_PATH or `python3`.
+async fn choose_interpreter(
+    cfg: &PythonEnvConfig,
+    uv: &UvCommand,
+    runner_version: Option<&str>,
+    progress: &ProgressFn,
+) -> Result<OsString, EnvError> {
+    if let Some(found) = find_interpreter(cfg, runner_version).await {
+        return Ok(found.into());
+    }
+    let Some(mm) = runner_version.and_then(major_minor) else {
+        return Ok(cfg
+            .python_interpreter_path
+            .clone()
+            .map(OsString::from)
+            .unwrap_or_else(|| "python3".into()));
+    };
+    if let Some(path) = &cfg.python_interpreter_path {
+        if python_version(path).await.as_deref() == Some(mm.as_str()) {
+            return Ok(path.clone().into());
+        }
+    }
+    match install_python(cfg, uv, &mm, progress).await {
+        Ok(installed) => Ok(installed.into()),
+        Err(reason) => match &cfg.python_interpreter_path {
+            Some(path) => {
+                tracing::warn!(version = %mm, interpreter = %path.display(), "no Python {mm} and uv could not install one; using PYTHON_INTERPRETER_PATH: {reason}");
+                progress(EnvProgress {
+                    phase: EnvPhase::InstallingPython,
+                    line: Some(format!(
+                        "uv could not install Python {mm}; using PYTHON_INTERPRETER_PATH {}",
+                        path.display()
+                    )),
+                });
+                Ok(path.clone().into())
+            }
+            None => Err(EnvError::NoInterpreter {
+                version: mm,
+                reason,
+            }),
+        },
+    }
+}
+
+/// `major.minor` of an interpreter, when it runs.
+async fn python_version(python: &Path) -> Option<String> {
+    let probe = Command::new(python)
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(out)) if out.status.success() => {
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// `uv python install <major.minor>` (into the tools folder when there is
+/// one; UV_PYTHON_INSTALL_MIRROR and the proxy and TLS settings come with
+/// the build environment), then the installed interpreter's path.
+async fn install_python(
+    cfg: &PythonEnvConfig,
+    uv: &UvCommand,
+    mm: &str,
+    progress: &ProgressFn,
+) -> Result<PathBuf, String> {
+    let mut cfg = cfg.clone();
+    if let Some(tools) = &cfg.tools_dir {
+        let dir = tools.join(super::provision::PYTHON_DIR);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        cfg.build_env.retain(|(k, _)| k != "UV_PYTHON_INSTALL_DIR");
+        cfg.build_env.push((
+            "UV_PYTHON_INSTALL_DIR".into(),
+            dir.to_string_lossy().into_owned(),
+        ));
+    }
+    progress(EnvProgress {
+        phase: EnvPhase::InstallingPython,
+        line: Some(format!("no Python {mm} found; asking uv to install it")),
+    });
+    let here = std::env::temp_dir();
+    let mut install = uv.command();
+    install.args(["python", "install", mm]);
+    run_step(
+        &cfg,
+        &here,
+        &here,
+        install,
+        EnvPhase::InstallingPython,
+        "uv python install",
+        progress,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let found = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink: ProgressFn = {
+        let found = Arc::clone(&found);
+        Arc::new(move |p: EnvProgress| {
+            if let Some(l) = p.line {
+                found.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        })
+    };
+    let mut find = uv.command();
+    find.args(["python", "find", "--python-preference", "only-managed", mm]);
+    run_step(
+        &cfg,
+        &here,
+        &here,
+        find,
+        EnvPhase::InstallingPython,
+        "uv python find",
+        &sink,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let lines = found.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    lines
+        .iter()
+        .map(|l| PathBuf::from(l.trim()))
+        .find(|p| p.is_absolute() && is_executable(p))
+        .ok_or_else(|| {
+            format!("uv installed Python {mm} but `uv python find` did not show it: {lines:?}")
+        })
 }
 
 /// `interpreter`, or a copy of its prefix under `stage` that other uids
@@ -516,7 +693,7 @@ pub async fn ensure_env(
         phase: EnvPhase::Preparing,
         line: None,
     });
-    let uv = find_uv(cfg).await?;
+    let uv = ensure_uv(cfg, &progress).await?;
     let dependency = detect_dependency_file(cfg, &plugin_dir)?;
     if venv_dir.exists() {
         tracing::warn!(path = %venv_dir.display(), "incomplete Python environment; rebuilding");
@@ -528,18 +705,7 @@ pub async fn ensure_env(
         .await
         .map_err(io_err("create uv cache", &cfg.uv_cache_dir))?;
 
-    let interpreter: OsString = match find_interpreter(cfg, runner_version).await {
-        Some(found) => found.into(),
-        None => match (
-            &cfg.python_interpreter_path,
-            runner_version.and_then(major_minor),
-        ) {
-            (Some(path), _) => path.clone().into(),
-            // Let uv find (or fetch) a matching interpreter itself.
-            (None, Some(mm)) => mm.into(),
-            (None, None) => "python3".into(),
-        },
-    };
+    let interpreter = choose_interpreter(cfg, &uv, runner_version, &progress).await?;
 
     let interpreter = match &cfg.stage_dir {
         Some(stage) => reachable_interpreter(interpreter, stage, &progress).await?,
@@ -671,7 +837,7 @@ fn install_command(cfg: &PythonEnvConfig, uv: &UvCommand, dir: &Path, dep: Depen
 
 /// Runs one build command in `dir`, streaming its output lines into
 /// `progress`, killing it after `init_timeout` of silence.
-async fn run_step(
+pub(super) async fn run_step(
     cfg: &PythonEnvConfig,
     dir: &Path,
     venv_dir: &Path,
@@ -781,6 +947,7 @@ mod tests {
             pyenv_root,
             build_env: vec![],
             stage_dir: None,
+            tools_dir: None,
         }
     }
 

@@ -144,6 +144,9 @@ pub struct ServerlessConfig {
     pub default_timeout: Duration,
     /// Longest line the plugin may send.
     pub max_line: usize,
+    /// Largest invocation payload sent (MAX_SERVERLESS_REQUEST_BYTES, at
+    /// most [`MAX_PAYLOAD`]).
+    pub max_request_bytes: usize,
 }
 
 impl std::fmt::Debug for ServerlessConfig {
@@ -168,6 +171,7 @@ impl ServerlessConfig {
             backoff_base: Duration::from_millis(200),
             default_timeout: Duration::from_secs(settings.plugin_max_execution_timeout),
             max_line: settings.plugin_runtime_max_buffer_size,
+            max_request_bytes: settings.max_serverless_request_bytes.min(MAX_PAYLOAD),
         }
     }
 }
@@ -269,10 +273,11 @@ impl ServerlessRuntime {
             &request.action,
             &request.payload,
         );
-        if line.len() > MAX_PAYLOAD {
+        let limit = self.config.max_request_bytes.min(MAX_PAYLOAD);
+        if line.len() > limit {
             return Err(RuntimeError::PayloadTooLarge {
                 size: line.len(),
-                limit: MAX_PAYLOAD,
+                limit,
             });
         }
         Ok(line.to_vec())
@@ -760,6 +765,35 @@ mod tests {
                 assert_eq!(e.message, "boom");
                 assert_eq!(e.error_type, FUNCTION_ERROR_TYPE);
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn payloads_over_max_serverless_request_bytes_are_refused() {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let config = ServerlessConfig {
+            callback_url: "http://daemon.test".into(),
+            token_key: Arc::new(b"key".to_vec()),
+            max_retries: 0,
+            backoff_base: Duration::from_millis(1),
+            default_timeout: Duration::from_secs(5),
+            max_line: 1 << 20,
+            max_request_bytes: 4096,
+        };
+        let runtime = ServerlessRuntime::new("a/b:0.0.1@c", "f", "1", invoke_client(&sdk), config);
+        let mut small = serde_json::Map::new();
+        small.insert("q".into(), Value::String("x".repeat(100)));
+        let request = SessionRequest::new("tool", "invoke_tool", "u", small);
+        assert!(runtime.payload(&request, Duration::from_secs(5)).is_ok());
+        let mut big = serde_json::Map::new();
+        big.insert("q".into(), Value::String("x".repeat(5000)));
+        let request = SessionRequest::new("tool", "invoke_tool", "u", big);
+        match runtime.payload(&request, Duration::from_secs(5)) {
+            Err(RuntimeError::PayloadTooLarge { limit, .. }) => assert_eq!(limit, 4096),
             other => panic!("{other:?}"),
         }
     }

@@ -1,7 +1,10 @@
 //! Test helpers: a real daemon on 127.0.0.1:0 over a fresh temp SQLite file
 //! (or a fresh PostgreSQL database when PLUGIND_TEST_POSTGRES_URL is set), and
-//! real `.difypkg` zips built in memory.
+//! real `.difypkg` zips built in memory; [`daemon`] starts the real
+//! `plugind serve` binary instead.
 #![allow(dead_code)]
+
+pub mod daemon;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -108,9 +111,13 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let app = plugind::api::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    // Served as `plugind serve` serves it, timeouts included.
+    tokio::spawn(plugind::serve::serve_http(
+        listener,
+        app,
+        plugind::serve::HttpTimeouts::default(),
+        std::future::pending(),
+    ));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),

@@ -44,7 +44,9 @@ fn tools_env() -> Vec<(String, String)> {
         .collect()
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
+/// A tool of the test machine (UV_PATH, PYTHON312…): from this process's
+/// environment, else from the tools env file.
+pub fn tool(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).map(PathBuf::from).or_else(|| {
         tools_env()
             .into_iter()
@@ -89,6 +91,7 @@ pub fn host(timings: HostTimings) -> LocalHost {
         pyenv_root: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")),
         build_env: plugind::runtime::python_env::default_build_env(),
         stage_dir: None,
+        tools_dir: None,
     };
     let options = LocalOptions {
         heartbeat_timeout: timings.heartbeat_timeout,
@@ -132,9 +135,13 @@ pub async fn serve_local(
         let _ = tcp.set_nodelay(true);
     });
     let app = plugind::api::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    // Served as `plugind serve` serves it, timeouts included.
+    tokio::spawn(plugind::serve::serve_http(
+        listener,
+        app,
+        plugind::serve::HttpTimeouts::default(),
+        std::future::pending(),
+    ));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),

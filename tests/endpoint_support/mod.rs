@@ -66,9 +66,13 @@ pub async fn serve_app(
                 .fallback_service(plugind::api::app(state.clone()))
         }
     };
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    // Served as `plugind serve` serves it, timeouts included.
+    tokio::spawn(plugind::serve::serve_http(
+        listener,
+        app,
+        plugind::serve::HttpTimeouts::default(),
+        std::future::pending(),
+    ));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),

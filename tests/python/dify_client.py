@@ -463,6 +463,9 @@ class ModelFeature(StrEnum):
     Video = "video"
     Audio = "audio"
     StructuredOutput = "structured-output"
+    # Declared by models that answer dispatch/model/polling (SDK 0.10's
+    # ModelFeature.POLLING), which the Dify versions that poll accept.
+    Polling = "polling"
 
 
 class ParameterType(StrEnum):
@@ -1030,6 +1033,35 @@ class PluginBasicBooleanResponse(BaseModel):
     credentials: dict | None = None
 
 
+class LLMPollingStatus(StrEnum):
+    Running = "running"
+    Succeeded = "succeeded"
+    Failed = "failed"
+
+
+class LLMPollingResult(BaseModel):
+    """A polling result with the rules of the SDK's and the reference's
+    models: each status needs its own field."""
+
+    status: LLMPollingStatus
+    plugin_state: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    next_check_after_seconds: int | None = None
+    expires_after_seconds: int | None = None
+    max_attempts: int | None = None
+
+    @model_validator(mode="after")
+    def _payload(self) -> "LLMPollingResult":
+        if self.status == LLMPollingStatus.Running and not self.plugin_state:
+            raise ValueError("plugin_state is required when polling status is running")
+        if self.status == LLMPollingStatus.Succeeded and self.result is None:
+            raise ValueError("result is required when polling status is succeeded")
+        if self.status == LLMPollingStatus.Failed and not self.error:
+            raise ValueError("error is required when polling status is failed")
+        return self
+
+
 class ToolInvokeMessage(BaseModel):
     type: str
     message: dict[str, Any] | None
@@ -1518,21 +1550,6 @@ class DifyPluginClient:
             headers={"Content-Type": "application/json"},
         )
 
-    def delete_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
-        try:
-            return self.request_with_response(
-                "POST",
-                f"plugin/{tenant_id}/endpoint/remove",
-                bool,
-                data={"endpoint_id": endpoint_id},
-                headers={"Content-Type": "application/json"},
-            )
-        except PluginDaemonInternalServerError as e:
-            # Dify treats an already removed endpoint as removed.
-            if "record not found" in e.description.lower():
-                return True
-            raise
-
     def enable_endpoint(self, tenant_id: str, endpoint_id: str) -> bool:
         return self.request_with_response(
             "POST",
@@ -1566,6 +1583,17 @@ class DifyPluginClient:
             bool,
             params={"plugin_unique_identifier": identifier},
         )
+
+    def extract_asset(self, tenant_id: str, plugin_unique_identifier: str, filename: str) -> bytes:
+        """Dify's `PluginAssetManager.extract_asset`: any status but 200 fails, and the body is the file."""
+        response = self.request(
+            "GET",
+            f"plugin/{tenant_id}/extract-asset/",
+            params={"plugin_unique_identifier": plugin_unique_identifier, "file_path": filename},
+        )
+        if response.status_code != 200:
+            raise ValueError(f"can not found asset {plugin_unique_identifier}, {response.status_code}")
+        return response.content
 
     def install_from_identifiers(
         self, tenant_id: str, identifiers: list[str], source: str = "package", metas: list[dict] | None = None
@@ -1663,6 +1691,22 @@ class DifyPluginClient:
             params={"page": 1, "page_size": 256},
         )
 
+    def delete_endpoint(self, tenant_id: str, user_id: str, endpoint_id: str) -> bool:
+        """Dify's `PluginEndpointClient.delete_endpoint`: idempotent on the
+        reference's internal error for a record that is gone."""
+        try:
+            return self.request_with_response(
+                "POST",
+                f"plugin/{tenant_id}/endpoint/remove",
+                bool,
+                data={"endpoint_id": endpoint_id},
+                headers={"Content-Type": "application/json"},
+            )
+        except PluginDaemonInternalServerError as e:
+            if "record not found" in str(e.description).lower():
+                return True
+            raise
+
     # --- dispatch calls ----------------------------------------------------------------------
 
     def invoke_tool(
@@ -1683,6 +1727,54 @@ class DifyPluginClient:
                     "credentials": credentials,
                     "credential_type": "api-key",
                     "tool_parameters": parameters,
+                },
+            },
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        )
+
+    def start_llm_polling(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, model: str, credentials: dict, text: str
+    ) -> LLMPollingResult:
+        """`model/polling/start`. The reference answers the polling routes with
+        one non-stream envelope (`service/model_polling.go`), parsed here as
+        Dify parses every non-stream envelope."""
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/model/polling/start",
+            LLMPollingResult,
+            data={
+                "user_id": user_id,
+                "data": {
+                    "provider": provider,
+                    "model_type": "llm",
+                    "model": model,
+                    "credentials": credentials,
+                    "prompt_messages": [{"role": "user", "content": text}],
+                    "model_parameters": {},
+                    "tools": [],
+                    "stop": [],
+                    "stream": False,
+                },
+            },
+            headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},
+        )
+
+    def check_llm_polling(
+        self, tenant_id: str, user_id: str, plugin_id: str, provider: str, model: str, credentials: dict, state: dict
+    ) -> LLMPollingResult:
+        """`model/polling/check`, parsed as `start_llm_polling`."""
+        return self.request_with_response(
+            "POST",
+            f"plugin/{tenant_id}/dispatch/model/polling/check",
+            LLMPollingResult,
+            data={
+                "user_id": user_id,
+                "data": {
+                    "provider": provider,
+                    "model_type": "llm",
+                    "model": model,
+                    "credentials": credentials,
+                    "plugin_state": state,
                 },
             },
             headers={"X-Plugin-ID": plugin_id, "Content-Type": "application/json"},

@@ -24,11 +24,13 @@ import pytest
 
 from dify_client import (
     DifyPluginClient,
+    LLMPollingStatus,
     PluginBundleDependency,
     PluginCategory,
     PluginDaemonBadRequestError,
     PluginDaemonClientSideError,
     PluginDaemonError,
+    PluginDaemonInternalServerError,
     PluginInstallTaskStatus,
     PluginInvokeError,
 )
@@ -188,6 +190,32 @@ def test_unknown_identifier_is_a_typed_error(client, tenant):
         client.fetch_plugin_manifest(tenant, bogus)
 
 
+def test_a_deeply_nested_manifest_is_a_bad_request(client, tenant):
+    # A hostile upload: a manifest nested 200 000 levels deep is refused
+    # before it is parsed, with the error Dify shows for any bad package.
+    deep = "{a: " * 200_000 + "1" + "}" * 200_000
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.yaml", deep)
+    with pytest.raises(PluginDaemonBadRequestError, match="nests deeper than 64 levels"):
+        client.upload_pkg(tenant, buf.getvalue(), verify_signature=False)
+
+
+def test_extract_asset_serves_a_file_of_the_uploaded_package(client, tenant, uploaded_tool):
+    icon = (FIXTURES / "echo_tool" / "_assets" / "icon.svg").read_bytes()
+    assert client.extract_asset(tenant, uploaded_tool.unique_identifier, "icon.svg") == icon
+    # Dify takes any 200 for the file: a missing one, a path out of `_assets/`
+    # and an unknown package must each be refused with another status.
+    bogus = "plugind/nothing:0.0.1@" + "0" * 64
+    for identifier, name in [
+        (uploaded_tool.unique_identifier, "missing.svg"),
+        (uploaded_tool.unique_identifier, "../manifest.yaml"),
+        (bogus, "icon.svg"),
+    ]:
+        with pytest.raises(ValueError, match="can not found asset"):
+            client.extract_asset(tenant, identifier, name)
+
+
 def test_wrong_key_is_rejected(tenant):
     bad = DifyPluginClient(PLUGIND_URL, "not-the-key")
     try:
@@ -252,10 +280,15 @@ def test_tool_error_reaches_dify_as_plugin_invoke_error(client, tenant, installe
 # --- models ----------------------------------------------------------------------------------
 
 
-def test_model_provider_is_listed(client, tenant, tmp_path_factory):
+@pytest.fixture(scope="module")
+def installed_model(client, tenant, tmp_path_factory):
     uploaded = client.upload_pkg(tenant, build_package("echo_model", tmp_path_factory.mktemp("pkg")))
-    assert uploaded.manifest.category == PluginCategory.Model
     install(client, tenant, uploaded.unique_identifier)
+    return uploaded
+
+
+def test_model_provider_is_listed(client, tenant, installed_model):
+    assert installed_model.manifest.category == PluginCategory.Model
     providers = [p for p in client.fetch_model_providers(tenant) if p.plugin_id == "plugind/echo_model"]
     assert len(providers) == 1
     declaration = providers[0].declaration
@@ -264,7 +297,43 @@ def test_model_provider_is_listed(client, tenant, tmp_path_factory):
     assert {m.model for m in declaration.models} == {"echo-llm", "echo-embedding"}
 
 
+def test_llm_polling_runs_to_a_result(client, tenant, installed_model):
+    call = {"tenant_id": tenant, "user_id": "user-1", "plugin_id": "plugind/echo_model", "provider": "echo_model", "model": "echo-llm"}
+    polled = client.start_llm_polling(**call, credentials={"api_key": "k", "checks": 1}, text="hi there")
+    statuses = [polled.status]
+    assert polled.next_check_after_seconds == 1 and polled.max_attempts == 2
+    while polled.status == LLMPollingStatus.Running and len(statuses) < 5:
+        polled = client.check_llm_polling(**call, credentials={"api_key": "k"}, state=polled.plugin_state)
+        statuses.append(polled.status)
+    assert statuses == [LLMPollingStatus.Running, LLMPollingStatus.Running, LLMPollingStatus.Succeeded]
+    assert polled.result["message"]["content"] == "echo: hi there"
+    failed = client.check_llm_polling(**call, credentials={"api_key": "k"}, state={"text": "fail", "left": 0})
+    assert failed.status == LLMPollingStatus.Failed and failed.error == "the job failed"
+
+
+def test_llm_polling_plugin_errors_are_http_500_as_the_reference_answers(client, tenant, installed_model):
+    call = {"tenant_id": tenant, "user_id": "user-1", "plugin_id": "plugind/echo_model", "provider": "echo_model", "model": "echo-llm"}
+    with pytest.raises(PluginDaemonInternalServerError, match="500"):
+        client.start_llm_polling(**call, credentials={"api_key": "bad"}, text="hi")
+
+
 # --- uninstall -------------------------------------------------------------------------------
+
+
+def test_another_tenants_installation_id_is_done_and_left_alone(client, tenant, installed_tool):
+    entry, _ = find_installed(client, tenant, "plugind/echo_tool")
+    assert entry is not None
+    assert client.uninstall(str(uuid.uuid4()), entry.installation_id) is True
+    still, _ = find_installed(client, tenant, "plugind/echo_tool")
+    assert still is not None and still.installation_id == entry.installation_id
+
+
+def test_ids_that_are_no_uuid_are_bad_requests(client, tenant):
+    with pytest.raises(PluginDaemonBadRequestError):
+        client.uninstall(tenant, "garbage")
+    with pytest.raises(PluginDaemonBadRequestError):
+        client.delete_plugin_installation_task(tenant, "garbage")
+    assert client.delete_plugin_installation_task(tenant, str(uuid.uuid4())) is True
 
 
 def test_uninstall_removes_plugin(client, tenant, installed_tool):
@@ -277,6 +346,28 @@ def test_uninstall_removes_plugin(client, tenant, installed_tool):
 
 def test_uninstall_of_absent_installation_is_true(client, tenant):
     assert client.uninstall(tenant, str(uuid.uuid4())) is True
+
+
+# --- dispatch refusals ------------------------------------------------------------------------
+
+
+def test_a_dispatch_body_over_the_limit_is_an_envelope_dify_reads(client, tenant):
+    # Dify reads each line of a dispatch answer as an envelope; a plain-text
+    # refusal would surface as an unreadable line instead of this error.
+    with pytest.raises(ValueError, match=r"larger than \d+ bytes.*code: -400"):
+        list(
+            client.invoke_tool(
+                tenant, "user-1", "plugind/echo_tool", "echo_tool", "echo", {"text": "x" * (3 * 1024 * 1024)}, {"api_key": "k"}
+            )
+        )
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+
+def test_removing_an_endpoint_that_is_gone_is_done(client, tenant):
+    # Dify deletes endpoints idempotently, on the reference's exact answer.
+    assert client.delete_endpoint(tenant, "u1", str(uuid.uuid4())) is True
 
 
 # --- bundles ---------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def test_endpoint_lifecycle(client, tmp_path_factory):
     assert client.enable_endpoint(tenant, endpoint.id) is True
     assert client.list_endpoints(tenant)[0].enabled is True
 
-    assert client.delete_endpoint(tenant, endpoint.id) is True
+    assert client.delete_endpoint(tenant, "u1", endpoint.id) is True
     assert client.list_endpoints(tenant) == []
 
 

@@ -186,3 +186,20 @@ def test_tools_need_their_provider_stamped():
         dc.ToolEntity.model_validate(tool)
     tool["identity"]["provider"] = "p"
     assert dc.ToolEntity.model_validate(tool).parameters == []
+
+
+def test_extract_asset_is_the_body_of_a_200_and_fails_otherwise():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["path"] = request.url.path
+        seen["query"] = dict(request.url.params)
+        if request.url.params["file_path"] == "icon.svg":
+            return httpx.Response(200, content=b"<svg/>")
+        return httpx.Response(404, json=error_envelope(-404, "PluginDaemonNotFoundError", "file not found"))
+
+    client = client_for(handler)
+    assert client.extract_asset("t1", "a/b:0.0.1@x", "icon.svg") == b"<svg/>"
+    assert seen == {"path": "/plugin/t1/extract-asset/", "query": {"plugin_unique_identifier": "a/b:0.0.1@x", "file_path": "icon.svg"}}
+    with pytest.raises(ValueError, match="can not found asset a/b:0.0.1@x, 404"):
+        client.extract_asset("t1", "a/b:0.0.1@x", "gone.svg")

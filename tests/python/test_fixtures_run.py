@@ -319,6 +319,46 @@ def test_model_schema_is_predefined(echo_model: PluginProcess):
     assert [r["name"] for r in schema["parameter_rules"]] == ["temperature", "max_tokens"]
 
 
+def test_llm_polling_runs_then_succeeds(echo_model: PluginProcess):
+    base = {**MODEL_BASE, "model_type": "llm", "model": "echo-llm"}
+    started = echo_model.collect(
+        echo_model.request(
+            {
+                **base,
+                "action": "start_polling",
+                "model_parameters": {},
+                "prompt_messages": [{"role": "user", "content": "hi there"}],
+                "tools": [],
+                "stop": [],
+                "stream": False,
+            }
+        )[0]
+    )
+    # One result per action, like the other single-result actions.
+    assert started.types == ["stream", "end"]
+    assert started.chunks[0] == {
+        "status": "running",
+        "plugin_state": {"text": "hi there", "left": 1},
+        "result": None,
+        "error": None,
+        "next_check_after_seconds": 1,
+        "expires_after_seconds": 60,
+        "max_attempts": 2,
+    }
+    state = started.chunks[0]["plugin_state"]
+    statuses = []
+    for _ in range(2):
+        checked = echo_model.collect(echo_model.request({**base, "action": "check_polling", "plugin_state": state})[0])
+        assert checked.types == ["stream", "end"]
+        statuses.append(checked.chunks[0]["status"])
+        state = checked.chunks[0]["plugin_state"] or state
+    assert statuses == ["running", "succeeded"]
+    assert checked.chunks[0]["result"]["message"]["content"] == "echo: hi there"
+    # The SDK refuses a check without a state before the model sees it.
+    refused = echo_model.collect(echo_model.request({**base, "action": "check_polling", "plugin_state": {}})[0])
+    assert refused.types == ["error"]
+
+
 @pytest.mark.parametrize(
     ("action", "extra"),
     [

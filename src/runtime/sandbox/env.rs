@@ -38,8 +38,9 @@ const INHERITED: &[&str] = &[
 /// Prefixes passed on the same way (`LC_ALL`, `LC_CTYPE`, …).
 const INHERITED_PREFIXES: &[&str] = &["LC_"];
 
-/// Names only the dependency build steps get: uv's and pip's index, mirror
-/// and TLS settings. A running plugin has no use for them.
+/// Names only the dependency build steps get: uv's and pip's index, mirror,
+/// proxy and TLS settings (pip installs uv when the machine has none). A
+/// running plugin has no use for them.
 const BUILD_ONLY: &[&str] = &[
     "UV_INDEX",
     "UV_INDEX_URL",
@@ -63,6 +64,13 @@ const BUILD_ONLY: &[&str] = &[
     "PIP_EXTRA_INDEX_URL",
     "PIP_TRUSTED_HOST",
     "PIP_CERT",
+    "PIP_CONFIG_FILE",
+    "PIP_PROXY",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_TIMEOUT",
+    "PIP_RETRIES",
 ];
 
 /// The environment allow-list, taken from the daemon's environment once at
@@ -87,7 +95,7 @@ impl EnvPolicy {
         for (name, value) in vars {
             let inherited = INHERITED.contains(&name.as_str())
                 || INHERITED_PREFIXES.iter().any(|p| name.starts_with(p))
-                || passthrough.iter().any(|p| *p == name);
+                || passthrough.contains(&name);
             if inherited {
                 policy.inherited.insert(name, value);
             } else if BUILD_ONLY.contains(&name.as_str()) {

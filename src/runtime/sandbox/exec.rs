@@ -47,6 +47,10 @@ pub struct ExecSpec {
     pub parent_pid: u32,
     /// Landlock rules, when the kernel has Landlock and it is enabled.
     pub landlock: Option<LandlockRules>,
+    /// Apply everything, then exit 0 instead of running `program`: the
+    /// daemon's start-up check of what this machine allows.
+    #[serde(default)]
+    pub probe_only: bool,
 }
 
 /// What a confined plugin may reach on the filesystem; everything else is
@@ -72,6 +76,7 @@ pub fn run_from_env() -> String {
         Err(e) => return format!("bad {SPEC_VAR}: {e}"),
     };
     match confine(&spec) {
+        Ok(()) if spec.probe_only => std::process::exit(0),
         Ok(()) => {}
         Err(e) => return format!("sandbox: {e}"),
     }

@@ -139,16 +139,45 @@ impl Sandbox {
     /// Detects support and takes the environment allow-list from this
     /// process's environment.
     pub fn new(options: SandboxOptions) -> Self {
-        let own_uid = options.own_uid && nix::unistd::geteuid().is_root();
-        let landlock_abi = if options.landlock && options.helper.is_some() {
+        let mut own_uid = options.own_uid && nix::unistd::geteuid().is_root();
+        let mut landlock_abi = if options.landlock && options.helper.is_some() {
             landlock_abi()
         } else {
             0
         };
+        let mut limits = options.helper.is_some();
+        if let Some(helper) = &options.helper {
+            // One confined run of the helper itself (`plugind --version`)
+            // tells whether this machine lets us do what the plugins will
+            // need (a container without CAP_SETUID, a seccomp profile that
+            // refuses Landlock…); each refusal turns one feature off.
+            let probe = |uid: bool, landlock: bool| {
+                probe_helper(helper, uid.then_some(options.uid_range.0), landlock)
+            };
+            if own_uid {
+                if let Err(why) = probe(true, false) {
+                    tracing::warn!("plugin isolation: cannot switch to a plugin uid ({why}); plugins run as the daemon's uid");
+                    own_uid = false;
+                }
+            }
+            if landlock_abi > 0 {
+                if let Err(why) = probe(own_uid, true) {
+                    tracing::warn!(
+                        "plugin isolation: Landlock refused ({why}); plugins run without it"
+                    );
+                    landlock_abi = 0;
+                }
+            }
+            if let Err(why) = probe(own_uid, landlock_abi > 0) {
+                tracing::warn!("plugin isolation: the sandbox helper {} does not run ({why}); plugins start without limits", helper.display());
+                limits = false;
+                landlock_abi = 0;
+            }
+        }
         let support = Support {
             own_uid,
             landlock_abi,
-            limits: options.helper.is_some(),
+            limits,
         };
         Self {
             env: EnvPolicy::from_process(&options.passthrough),
@@ -366,6 +395,7 @@ impl PluginJail {
                 max_processes: self.uid.map(|_| MAX_PROCESSES),
                 parent_pid: std::process::id(),
                 landlock: self.landlock.clone(),
+                probe_only: false,
             };
             cmd = Command::new(helper);
             cmd.arg(EXEC_SUBCOMMAND)
@@ -412,6 +442,43 @@ impl PluginJail {
                 tracing::warn!(uid, "cannot kill the processes of a plugin uid: {e}");
             }
         }
+    }
+}
+
+/// Runs `helper sandbox-exec` with the uid change and Landlock asked for,
+/// stopping short of running anything; Ok when it exits 0.
+fn probe_helper(helper: &Path, uid: Option<u32>, landlock: bool) -> Result<(), String> {
+    let spec = ExecSpec {
+        probe_only: true,
+        program: helper.to_owned(),
+        args: vec![],
+        cwd: PathBuf::from("/"),
+        env: vec![],
+        uid,
+        gid: uid,
+        address_space: None,
+        max_processes: None,
+        parent_pid: std::process::id(),
+        landlock: landlock.then(|| LandlockRules {
+            read: vec![PathBuf::from("/usr")],
+            write: vec![],
+        }),
+    };
+    let out = std::process::Command::new(helper)
+        .arg(EXEC_SUBCOMMAND)
+        .env_clear()
+        .env(
+            SPEC_VAR,
+            serde_json::to_string(&spec).map_err(|e| e.to_string())?,
+        )
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }
 
