@@ -1,6 +1,7 @@
 //! Prometheus metrics of the daemon, served at `/metrics`: dispatch requests
 //! by route and outcome with their latency, sessions in flight, plugin
-//! restarts and install durations.
+//! restarts and install durations, local plugin processes started and
+//! stopped (with why) and how long a start takes until the first heartbeat.
 //!
 //! The metrics live in one process-wide registry: they describe the process,
 //! and every part of it (routes, runtimes, install steps) records into them
@@ -22,6 +23,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 const INSTALL_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+/// Plugin start buckets, in seconds: a bare interpreter to a heavy import.
+const START_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0, 120.0,
+];
 
 struct Metrics {
     registry: Registry,
@@ -30,6 +35,9 @@ struct Metrics {
     sessions: IntGauge,
     restarts: IntCounterVec,
     installs: HistogramVec,
+    starts: HistogramVec,
+    stops: IntCounterVec,
+    processes: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -74,12 +82,34 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["outcome"],
     )
     .expect("valid metric");
+    let starts = HistogramVec::new(
+        HistogramOpts::new(
+            "plugin_start_duration_seconds",
+            "Local plugin process starts by cause (launch, demand after idle, restart): time from the start being asked for to the first heartbeat.",
+        )
+        .buckets(START_BUCKETS.to_vec()),
+        &["cause"],
+    )
+    .expect("valid metric");
+    let stops = IntCounterVec::new(
+        Opts::new(
+            "plugin_stops_total",
+            "Local plugin processes stopped, by cause (idle, requested, ended).",
+        ),
+        &["cause"],
+    )
+    .expect("valid metric");
+    let processes = IntGauge::new("plugin_processes", "Local plugin processes running now.")
+        .expect("valid metric");
     for metric in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(latency.clone()),
         Box::new(sessions.clone()),
         Box::new(restarts.clone()),
         Box::new(installs.clone()),
+        Box::new(starts.clone()),
+        Box::new(stops.clone()),
+        Box::new(processes.clone()),
     ] {
         registry
             .register(metric)
@@ -92,6 +122,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         sessions,
         restarts,
         installs,
+        starts,
+        stops,
+        processes,
     }
 });
 
@@ -115,6 +148,49 @@ pub fn record_install(ok: bool, elapsed: Duration) {
         .installs
         .with_label_values(&[if ok { "success" } else { "failed" }])
         .observe(elapsed.as_secs_f64());
+}
+
+/// Records a local plugin process that became ready, `elapsed` after its
+/// start was asked for.
+pub fn record_plugin_start(cause: &str, elapsed: Duration) {
+    METRICS
+        .starts
+        .with_label_values(&[cause])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// Counts a local plugin process that stopped.
+pub fn record_plugin_stop(cause: &str) {
+    METRICS.stops.with_label_values(&[cause]).inc();
+}
+
+/// Local plugin processes running right now.
+pub fn plugin_processes() -> i64 {
+    METRICS.processes.get()
+}
+
+/// Counts a plugin process as running for as long as it lives.
+#[derive(Debug)]
+pub struct ProcessGuard(());
+
+impl ProcessGuard {
+    /// Counts one more process until the guard drops.
+    pub fn new() -> Self {
+        METRICS.processes.inc();
+        Self(())
+    }
+}
+
+impl Default for ProcessGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        METRICS.processes.dec();
+    }
 }
 
 /// Sessions open right now.
@@ -174,6 +250,9 @@ mod tests {
         record_request("tool/invoke", "ok", Duration::from_millis(3));
         record_restart("a/b:0.0.1@x");
         record_install(true, Duration::from_secs(2));
+        record_plugin_start("demand", Duration::from_millis(900));
+        record_plugin_stop("idle");
+        let process = ProcessGuard::new();
         let before = sessions_in_flight();
         let guard = SessionGuard::new();
         assert_eq!(sessions_in_flight(), before + 1);
@@ -186,7 +265,11 @@ mod tests {
         assert!(
             text.contains(r#"plugind_plugin_install_duration_seconds_count{outcome="success"}"#)
         );
+        assert!(text.contains(r#"plugind_plugin_start_duration_seconds_count{cause="demand"}"#));
+        assert!(text.contains(r#"plugind_plugin_stops_total{cause="idle"}"#));
+        assert!(text.contains("plugind_plugin_processes "));
         drop(guard);
+        drop(process);
         assert_eq!(sessions_in_flight(), before);
     }
 }

@@ -735,6 +735,19 @@ pub struct Settings {
     /// Public base URL of this daemon (e.g. https://mcp.example.com), used in MCP links and OAuth metadata. Unset: taken from each request's Host.
     #[arg(long, env = "MCP_PUBLIC_URL", value_name = "MCP_PUBLIC_URL")]
     pub mcp_public_url: Option<String>,
+
+    // --- Idle local plugins ---------------------------------------------------
+    /// Seconds a local plugin process may go without a session before it is stopped; the next
+    /// call starts it again and waits for its first heartbeat. 0 keeps every plugin running.
+    /// An open session (a streamed answer, a streamed endpoint) keeps its plugin up. With
+    /// idle stopping on, a daemon restart starts plugins at their first call, not all at once.
+    #[arg(
+        long,
+        env = "PLUGIN_LOCAL_IDLE_TIMEOUT",
+        value_name = "PLUGIN_LOCAL_IDLE_TIMEOUT",
+        default_value_t = 600
+    )]
+    pub plugin_local_idle_timeout: u64,
 }
 
 /// Settings of running several replicas over one PostgreSQL: each replica

@@ -2,6 +2,11 @@
 //! the working folder, build its uv environment, launch it as a child
 //! process and register it; stop it when its last installation goes
 //! (reference: `internal/core/plugin_manager/install_to_local.go`).
+//!
+//! An install always proves the plugin starts. At daemon start, with idle
+//! stopping on, installed plugins are prepared (folder verified,
+//! environment checked) and registered without a process: each starts at
+//! its first call.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -23,6 +28,16 @@ use crate::store::Store;
 
 /// How many progress lines may wait for the task record.
 const PROGRESS_QUEUE: usize = 64;
+
+/// Whether a launch must see the plugin start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Start it and wait for its first heartbeat (installs, and daemon
+    /// starts without idle stopping).
+    Now,
+    /// Register it without a process; its first session starts it.
+    OnDemand,
+}
 
 /// Runs plugins as local child processes.
 pub struct LocalInstallStep {
@@ -143,11 +158,12 @@ impl LocalInstallStep {
     }
 
     /// Unpacks, builds the environment and launches `identifier`, reporting
-    /// progress lines through `report`; registers the running plugin.
+    /// progress lines through `report`; registers the plugin.
     async fn launch<F, Fut>(
         &self,
         identifier: &str,
         declaration: &Value,
+        start: Start,
         mut report: F,
     ) -> Result<(), InstallStepError>
     where
@@ -155,11 +171,22 @@ impl LocalInstallStep {
         Fut: std::future::Future<Output = ()>,
     {
         if let Some(running) = self.registry.get(identifier) {
-            if !matches!(
-                running.state(),
-                RuntimeState::Stopped | RuntimeState::Failed(_)
-            ) {
-                return Ok(());
+            match running.state() {
+                RuntimeState::Stopped | RuntimeState::Failed(_) => {}
+                // Registered but not running: an install still proves it
+                // starts.
+                RuntimeState::Idle if start == Start::Now => {
+                    report("starting the plugin".into()).await;
+                    running
+                        .wait_ready(self.host.options().heartbeat_timeout)
+                        .await
+                        .map_err(|e| {
+                            InstallStepError(format!("plugin {identifier} did not start: {e}"))
+                        })?;
+                    report("plugin ready".into()).await;
+                    return Ok(());
+                }
+                _ => return Ok(()),
             }
         }
         report("unpacking the package".into()).await;
@@ -197,25 +224,33 @@ impl LocalInstallStep {
             };
             let _ = tx.try_send(text);
         });
-        let launch = self.host.launch(spec, progress);
-        tokio::pin!(launch);
-        let started = loop {
+        let prepare = self.host.prepare(spec, progress);
+        tokio::pin!(prepare);
+        let prepared = loop {
             tokio::select! {
-                started = &mut launch => break started,
+                prepared = &mut prepare => break prepared,
                 Some(line) = rx.recv() => report(line).await,
             }
         };
         while let Ok(line) = rx.try_recv() {
             report(line).await;
         }
-        let runtime = started
-            .map_err(|e| InstallStepError(format!("plugin {identifier} did not start: {e}")))?;
+        let fail = |e| InstallStepError(format!("plugin {identifier} did not start: {e}"));
+        let process = prepared.map_err(fail)?;
+        let runtime = match start {
+            Start::Now => self.host.start(process).await.map_err(fail)?,
+            Start::OnDemand => self.host.dormant(process),
+        };
         watch_restarts(&runtime);
         self.runtimes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(identifier.to_owned(), runtime.clone());
-        report("plugin ready".into()).await;
+        report(match start {
+            Start::Now => "plugin ready".into(),
+            Start::OnDemand => "plugin ready to start at its first call".into(),
+        })
+        .await;
         if let Some(old) = self
             .registry
             .insert(identifier.to_owned(), Arc::new(runtime))
@@ -228,7 +263,8 @@ impl LocalInstallStep {
 
     /// Launches every local plugin recorded in `store`, at most
     /// `concurrency` at a time. A plugin that fails to start is logged and
-    /// left out; the others still come up.
+    /// left out; the others still come up. With idle stopping on, plugins
+    /// are prepared and registered but started by their first call.
     pub async fn relaunch_installed(&self, store: &Store, concurrency: usize) {
         let plugins = match store.plugins_by_install_type("local").await {
             Ok(plugins) => plugins,
@@ -240,7 +276,19 @@ impl LocalInstallStep {
         if plugins.is_empty() {
             return;
         }
-        tracing::info!(count = plugins.len(), "relaunching installed plugins");
+        let start = self.unattended_start();
+        let count = plugins.len();
+        tracing::info!(
+            count,
+            on_demand = start == Start::OnDemand,
+            "relaunching installed plugins"
+        );
+        let began = Instant::now();
+        // Each plugin's own time, to show in the log whether launches ran
+        // side by side (the slowest sets the pace) or one after another
+        // (the sum does).
+        let took = Mutex::new(Vec::with_capacity(count));
+        let took = &took;
         futures::StreamExt::for_each_concurrent(
             futures::stream::iter(plugins),
             concurrency.max(1),
@@ -259,12 +307,14 @@ impl LocalInstallStep {
                 };
                 let started = Instant::now();
                 let result = self
-                    .launch(&identifier, &declaration, |line| {
+                    .launch(&identifier, &declaration, start, |line| {
                         let identifier = identifier.clone();
                         async move { tracing::debug!(%identifier, "{line}") }
                     })
                     .await;
-                crate::metrics::record_install(result.is_ok(), started.elapsed());
+                took.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(started.elapsed());
                 match result {
                     Ok(()) => tracing::info!(%identifier, "plugin relaunched"),
                     Err(e) => tracing::error!(%identifier, "relaunch failed: {e}"),
@@ -272,10 +322,32 @@ impl LocalInstallStep {
             },
         )
         .await;
+        let took = std::mem::take(&mut *took.lock().unwrap_or_else(|e| e.into_inner()));
+        let slowest = took.iter().max().copied().unwrap_or_default();
+        let sum: std::time::Duration = took.iter().sum();
+        tracing::info!(
+            count,
+            concurrency,
+            wall_ms = began.elapsed().as_millis() as u64,
+            slowest_ms = slowest.as_millis() as u64,
+            sum_ms = sum.as_millis() as u64,
+            "installed plugins relaunched"
+        );
     }
 }
 
 impl LocalInstallStep {
+    /// How a plugin no install is waiting for starts (daemon start,
+    /// another replica's install, dispatch catching up): with idle stopping
+    /// on it is only registered and its first session starts it.
+    fn unattended_start(&self) -> Start {
+        if self.host.options().idle_timeout.is_some() {
+            Start::OnDemand
+        } else {
+            Start::Now
+        }
+    }
+
     /// Makes sure the installed package `identifier` runs on this node
     /// (unpacked from storage and its environment built when this node's
     /// working path lacks them); a no-op when it already runs. Callers that
@@ -293,9 +365,12 @@ impl LocalInstallStep {
             .ok_or_else(|| InstallStepError(format!("{identifier} has no declaration")))?;
         let started = Instant::now();
         let result = self
-            .launch(identifier, &declaration, |line| async move {
-                tracing::debug!(%identifier, "{line}")
-            })
+            .launch(
+                identifier,
+                &declaration,
+                self.unattended_start(),
+                |line| async move { tracing::debug!(%identifier, "{line}") },
+            )
             .await;
         crate::metrics::record_install(result.is_ok(), started.elapsed());
         result
@@ -311,9 +386,12 @@ impl InstallStep for LocalInstallStep {
     ) -> Result<(), InstallStepError> {
         let started = Instant::now();
         let result = self
-            .launch(&job.identifier, &job.declaration, |line| async move {
-                progress.info(&line).await
-            })
+            .launch(
+                &job.identifier,
+                &job.declaration,
+                Start::Now,
+                |line| async move { progress.info(&line).await },
+            )
             .await;
         crate::metrics::record_install(result.is_ok(), started.elapsed());
         if result.is_err() && self.registry.get(&job.identifier).is_none() {

@@ -5,17 +5,26 @@
 //! One supervisor task owns the child process: it reads stdout and stderr,
 //! writes queued lines to stdin, watches liveness, and restarts the child
 //! with backoff when it dies. Callers hold a cheap [`LocalRuntime`] handle.
+//!
+//! With an idle timeout (PLUGIN_LOCAL_IDLE_TIMEOUT) the supervisor also
+//! stops a child that has had no session for that long, the way Lambda
+//! scales to zero, and starts it again when the next session asks: callers
+//! arriving while it starts all wait for that one start. An open session is
+//! what keeps a plugin up: a streamed endpoint or a long model answer holds
+//! its session for as long as it streams. Trigger subscriptions live in
+//! Dify; subscribing, refreshing and dispatching events are sessions too.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +62,9 @@ pub struct LocalOptions {
     pub backoff_max: Duration,
     /// How long `shutdown` lets open sessions finish before killing.
     pub stop_grace: Duration,
+    /// PLUGIN_LOCAL_IDLE_TIMEOUT: stop a child after this long without a
+    /// session; the next session starts it again. `None` keeps it running.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for LocalOptions {
@@ -64,6 +76,7 @@ impl Default for LocalOptions {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
+            idle_timeout: None,
         }
     }
 }
@@ -74,6 +87,8 @@ impl LocalOptions {
         Self {
             max_execution_timeout: Duration::from_secs(settings.plugin_max_execution_timeout),
             max_line: settings.plugin_runtime_max_buffer_size,
+            idle_timeout: (settings.plugin_local_idle_timeout > 0)
+                .then(|| Duration::from_secs(settings.plugin_local_idle_timeout)),
             ..Self::default()
         }
     }
@@ -207,6 +222,17 @@ impl LocalHost {
         spec: LaunchSpec,
         progress: ProgressFn,
     ) -> Result<LocalRuntime, RuntimeError> {
+        let process = self.prepare(spec, progress).await?;
+        self.start(process).await
+    }
+
+    /// Builds (or reuses) the plugin's environment and its folders, and says
+    /// exactly which process runs it, without starting it.
+    pub async fn prepare(
+        &self,
+        spec: LaunchSpec,
+        progress: ProgressFn,
+    ) -> Result<ProcessSpec, RuntimeError> {
         let env = {
             let _permit = acquire(&self.permits).await?;
             python_env::ensure_env(
@@ -235,7 +261,7 @@ impl LocalHost {
             .map_err(|e| {
                 RuntimeError::Launch(format!("cannot prepare the plugin's folders: {e}"))
             })?;
-        let process = ProcessSpec {
+        Ok(ProcessSpec {
             code_checksum: code::identifier_checksum(&spec.identity).map(str::to_owned),
             identity: spec.identity,
             program: env.python,
@@ -243,13 +269,18 @@ impl LocalHost {
             working_dir,
             env: spec.env,
             jail: Some(jail),
-        };
-        self.start(process).await
+        })
     }
 
     /// Starts an exact process and returns once it sent its first heartbeat.
     pub async fn start(&self, process: ProcessSpec) -> Result<LocalRuntime, RuntimeError> {
         LocalRuntime::start(process, self.options.clone(), Arc::clone(&self.permits)).await
+    }
+
+    /// A runtime for an exact process that starts at its first session
+    /// (see [`LocalRuntime::dormant`]).
+    pub fn dormant(&self, process: ProcessSpec) -> LocalRuntime {
+        LocalRuntime::dormant(process, self.options.clone(), Arc::clone(&self.permits))
     }
 }
 
@@ -266,24 +297,140 @@ struct Shared {
     options: LocalOptions,
     sessions: Arc<SessionTable>,
     state: watch::Sender<RuntimeState>,
-    /// The current child's stdin queue; `None` while no child is ready.
-    writer: Mutex<Option<LineSender>>,
+    slot: Mutex<Slot>,
     pid: Mutex<Option<u32>>,
     cancel: CancellationToken,
+    /// Rung by a caller that found no child serving (see [`Slot::wanted`]).
+    wake: Notify,
+    /// On-demand starts that failed; a caller waiting on a start compares
+    /// it before and after to learn that its start failed.
+    failed_starts: AtomicU64,
+    /// Why the last on-demand start failed.
+    last_failure: Mutex<String>,
+    /// Processes started, for diagnostics and tests.
+    starts: AtomicU64,
+}
+
+/// What a caller and the idle check must see together: the writer is
+/// taken and `last_used` moved under one lock, so a child is never stopped
+/// for idleness between a caller getting its writer and opening a session.
+struct Slot {
+    /// The current child's stdin queue; `None` while no child is ready.
+    writer: Option<LineSender>,
+    /// The last time a session was opened or seen open.
+    last_used: Instant,
+    /// A caller waits for a start. Cleared when the supervisor starts a
+    /// child, when one becomes ready and when an on-demand start fails, so a
+    /// stale request never starts a plugin nobody waits for.
+    wanted: bool,
 }
 
 impl Shared {
-    fn set_writer(&self, writer: Option<LineSender>) {
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = writer;
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn writer(&self) -> Option<LineSender> {
-        self.writer
+    fn set_writer(&self, writer: Option<LineSender>) {
+        let mut slot = self.slot();
+        if writer.is_some() {
+            slot.last_used = Instant::now();
+            slot.wanted = false;
+        }
+        slot.writer = writer;
+    }
+    /// The writer for a new session, counting it as use; without one, and
+    /// when `want` is set, records that a caller waits for a start.
+    fn writer_for_session(&self, want: bool) -> Option<LineSender> {
+        let mut slot = self.slot();
+        match &slot.writer {
+            Some(writer) => {
+                let writer = writer.clone();
+                slot.last_used = Instant::now();
+                Some(writer)
+            }
+            None => {
+                slot.wanted |= want;
+                None
+            }
+        }
+    }
+    /// Takes a pending start request.
+    fn take_wanted(&self) -> bool {
+        std::mem::take(&mut self.slot().wanted)
+    }
+    /// Takes the writer away when no session is open and none was for
+    /// `limit`; the child is then stopped.
+    fn stop_if_idle(&self, limit: Duration) -> bool {
+        let mut slot = self.slot();
+        if slot.writer.is_none() {
+            return false;
+        }
+        if !self.sessions.is_empty() {
+            slot.last_used = Instant::now();
+            return false;
+        }
+        if slot.last_used.elapsed() < limit {
+            return false;
+        }
+        slot.writer = None;
+        drop(slot);
+        self.state.send_replace(RuntimeState::Idle);
+        true
+    }
+    fn set_pid(&self, pid: Option<u32>) {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    }
+    fn last_failure(&self) -> String {
+        self.last_failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-    fn set_pid(&self, pid: Option<u32>) {
-        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+
+    /// A writer for a new session, starting the child when none runs and
+    /// waiting at most until `deadline` for it (and for a restart in
+    /// progress) to be ready. Concurrent callers share one start.
+    async fn ready_writer(&self, timeout: Duration) -> Result<LineSender, RuntimeError> {
+        // The common case, without arming a wait.
+        if let Some(writer) = self.writer_for_session(false) {
+            return Ok(writer);
+        }
+        let deadline = Instant::now() + timeout;
+        let failures = self.failed_starts.load(Ordering::SeqCst);
+        let mut states = self.state.subscribe();
+        loop {
+            if let Some(writer) = self.writer_for_session(true) {
+                return Ok(writer);
+            }
+            self.wake.notify_one();
+            let state = states.borrow_and_update().clone();
+            match &state {
+                RuntimeState::Failed(why) => return Err(RuntimeError::Unavailable(why.clone())),
+                RuntimeState::Stopping | RuntimeState::Stopped => {
+                    return Err(RuntimeError::Unavailable(
+                        format!("{state:?}").to_lowercase(),
+                    ))
+                }
+                _ => {}
+            }
+            if self.failed_starts.load(Ordering::SeqCst) != failures {
+                return Err(RuntimeError::Launch(self.last_failure()));
+            }
+            let change = async {
+                if state == RuntimeState::Ready {
+                    // Ready with no writer: the supervisor is handling an
+                    // exit and is about to announce the restart.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    let _ = states.changed().await;
+                }
+            };
+            if tokio::time::timeout_at(deadline, change).await.is_err() {
+                return Err(RuntimeError::Unavailable(format!(
+                    "not ready after {} s",
+                    timeout.as_secs()
+                )));
+            }
+        }
     }
 }
 
@@ -312,27 +459,57 @@ impl LocalRuntime {
         options: LocalOptions,
         permits: Arc<Semaphore>,
     ) -> Result<Self, RuntimeError> {
+        let (first_tx, first_rx) = oneshot::channel();
+        let handle = Self::spawn(process, options, permits, Some(first_tx));
+        match first_rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RuntimeError::Launch("supervisor ended".into())),
+        }
+    }
+
+    /// Spawns the supervisor without starting the process: the first
+    /// session starts it (state [`RuntimeState::Idle`] until then). A start
+    /// that fails fails the sessions waiting for it, and the next session
+    /// tries again.
+    pub fn dormant(process: ProcessSpec, options: LocalOptions, permits: Arc<Semaphore>) -> Self {
+        Self::spawn(process, options, permits, None)
+    }
+
+    fn spawn(
+        process: ProcessSpec,
+        options: LocalOptions,
+        permits: Arc<Semaphore>,
+        first: Option<oneshot::Sender<Result<(), RuntimeError>>>,
+    ) -> Self {
         let cancel = CancellationToken::new();
-        let (state, _) = watch::channel(RuntimeState::Starting);
+        let initial = if first.is_some() {
+            RuntimeState::Starting
+        } else {
+            RuntimeState::Idle
+        };
+        let (state, _) = watch::channel(initial);
         let shared = Arc::new(Shared {
             identity: process.identity.clone(),
             options,
             sessions: SessionTable::new(),
             state,
-            writer: Mutex::new(None),
+            slot: Mutex::new(Slot {
+                writer: None,
+                last_used: Instant::now(),
+                wanted: false,
+            }),
             pid: Mutex::new(None),
             cancel: cancel.clone(),
+            wake: Notify::new(),
+            failed_starts: AtomicU64::new(0),
+            last_failure: Mutex::new(String::new()),
+            starts: AtomicU64::new(0),
         });
-        let (first_tx, first_rx) = oneshot::channel();
-        tokio::spawn(supervise(Arc::clone(&shared), process, permits, first_tx));
-        let handle = Self {
+        tokio::spawn(supervise(Arc::clone(&shared), process, permits, first));
+        Self {
             shared,
             _guard: Arc::new(cancel.drop_guard()),
-        };
-        match first_rx.await {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(RuntimeError::Launch("supervisor ended".into())),
         }
     }
 
@@ -344,6 +521,11 @@ impl LocalRuntime {
     /// How many sessions are open.
     pub fn open_sessions(&self) -> usize {
         self.shared.sessions.len()
+    }
+
+    /// How many processes this runtime has started so far.
+    pub fn starts(&self) -> u64 {
+        self.shared.starts.load(Ordering::SeqCst)
     }
 
     /// Watches state changes.
@@ -362,56 +544,18 @@ impl PluginRuntime for LocalRuntime {
         self.shared.state.borrow().clone()
     }
 
+    /// Also starts an idle runtime: waiting for readiness is asking for it.
     async fn wait_ready(&self, timeout: Duration) -> Result<(), RuntimeError> {
-        let mut rx = self.shared.state.subscribe();
-        let wait = rx.wait_for(|s| {
-            matches!(
-                s,
-                RuntimeState::Ready
-                    | RuntimeState::Stopping
-                    | RuntimeState::Stopped
-                    | RuntimeState::Failed(_)
-            )
-        });
-        let state = match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(state)) => state.clone(),
-            Ok(Err(_)) => RuntimeState::Stopped,
-            Err(_) => {
-                return Err(RuntimeError::Unavailable(format!(
-                    "not ready after {} s",
-                    timeout.as_secs()
-                )))
-            }
-        };
-        match state {
-            RuntimeState::Ready => Ok(()),
-            RuntimeState::Failed(why) => Err(RuntimeError::Unavailable(why)),
-            other => Err(RuntimeError::Unavailable(
-                format!("{other:?}").to_lowercase(),
-            )),
-        }
+        self.shared.ready_writer(timeout).await.map(drop)
     }
 
     async fn invoke(&self, request: SessionRequest) -> Result<SessionStream, RuntimeError> {
-        // A call during a restart waits for the new process rather than failing.
-        let deadline = Instant::now() + self.shared.options.heartbeat_timeout;
-        let ready_now = *self.shared.state.borrow() == RuntimeState::Ready;
-        let writer = loop {
-            // The common case, without arming a wait.
-            if ready_now {
-                if let Some(writer) = self.shared.writer() {
-                    break writer;
-                }
-            }
-            self.wait_ready(deadline.saturating_duration_since(Instant::now()))
-                .await?;
-            if let Some(writer) = self.shared.writer() {
-                break writer;
-            }
-            // Ready with no writer: the supervisor is handling an exit and is
-            // about to announce the restart.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        // A call during a restart or to an idle plugin waits for the new
+        // process rather than failing.
+        let writer = self
+            .shared
+            .ready_writer(self.shared.options.heartbeat_timeout)
+            .await?;
         let line = request_line(
             &request.header,
             &request.user_id,
@@ -462,25 +606,89 @@ struct Exit {
     was_ready: bool,
     ran_for: Duration,
     reason: String,
+    /// Stopped by the idle check, not by a fault.
+    idle: bool,
 }
 
-/// Owns successive children of one plugin until cancelled.
+/// Why a child is started, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartCause {
+    /// The launch of an install or of a daemon start.
+    Launch,
+    /// A session arrived while no child ran.
+    Demand,
+    /// The previous child ended unexpectedly.
+    Restart,
+}
+
+impl StartCause {
+    fn label(self) -> &'static str {
+        match self {
+            StartCause::Launch => "launch",
+            StartCause::Demand => "demand",
+            StartCause::Restart => "restart",
+        }
+    }
+}
+
+/// Waits until a caller asks for a start; false when cancelled first.
+async fn wait_for_demand(shared: &Shared) -> bool {
+    loop {
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a request made between
+        // the two still wakes this wait.
+        notified.as_mut().enable();
+        if shared.take_wanted() {
+            return true;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = shared.cancel.cancelled() => return false,
+        }
+    }
+}
+
+/// Owns successive children of one plugin until cancelled. Without `first`
+/// it starts dormant: no child until a session asks for one.
 async fn supervise(
     shared: Arc<Shared>,
     process: ProcessSpec,
     permits: Arc<Semaphore>,
-    first: oneshot::Sender<Result<(), RuntimeError>>,
+    first: Option<oneshot::Sender<Result<(), RuntimeError>>>,
 ) {
-    let mut first = Some(first);
+    let mut first = first;
+    let mut dormant = first.is_none();
     let mut backoff = shared.options.backoff_initial;
     loop {
+        let cause = if dormant {
+            if !wait_for_demand(&shared).await {
+                break;
+            }
+            shared.state.send_replace(RuntimeState::Starting);
+            StartCause::Demand
+        } else if first.is_some() {
+            StartCause::Launch
+        } else {
+            StartCause::Restart
+        };
+        let asked = Instant::now();
         let permit = tokio::select! {
             p = acquire(&permits) => p.ok(),
             _ = shared.cancel.cancelled() => None,
         };
         let Some(permit) = permit else { break };
-        let exit = run_child(&shared, &process, permit, &mut first).await;
-        if !shared.cancel.is_cancelled() && first.is_none() {
+        let exit = run_child(&shared, &process, permit, &mut first, cause, asked).await;
+        let was_dormant = std::mem::replace(&mut dormant, false);
+        if exit.idle {
+            // The idle check already took the writer and announced Idle.
+            shared.set_pid(None);
+            dormant = true;
+            backoff = shared.options.backoff_initial;
+            continue;
+        }
+        let failed_on_demand = was_dormant && !exit.was_ready;
+        if !shared.cancel.is_cancelled() && first.is_none() && !failed_on_demand {
             // Announced before the writer goes, so callers wait for the new
             // process instead of picking up the dead one's writer.
             shared.state.send_replace(RuntimeState::Restarting);
@@ -499,15 +707,29 @@ async fn supervise(
             let _ = first.send(Err(RuntimeError::Launch(exit.reason)));
             return;
         }
-        if exit.was_ready && exit.ran_for >= HEALTHY_RUN {
-            backoff = shared.options.backoff_initial;
+        if failed_on_demand {
+            // The callers waiting on this start get its reason; the next
+            // session tries again, after the backoff.
+            tracing::error!(plugin = %shared.identity, "start on demand failed: {}", exit.reason);
+            shared.take_wanted();
+            *shared
+                .last_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = exit.reason;
+            shared.failed_starts.fetch_add(1, Ordering::SeqCst);
+            shared.state.send_replace(RuntimeState::Idle);
+            dormant = true;
+        } else {
+            if exit.was_ready && exit.ran_for >= HEALTHY_RUN {
+                backoff = shared.options.backoff_initial;
+            }
+            tracing::warn!(
+                plugin = %shared.identity,
+                delay_ms = backoff.as_millis() as u64,
+                "plugin process ended ({}); restarting",
+                exit.reason
+            );
         }
-        tracing::warn!(
-            plugin = %shared.identity,
-            delay_ms = backoff.as_millis() as u64,
-            "plugin process ended ({}); restarting",
-            exit.reason
-        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shared.cancel.cancelled() => break,
@@ -552,6 +774,8 @@ async fn run_child(
     process: &ProcessSpec,
     permit: OwnedSemaphorePermit,
     first: &mut Option<oneshot::Sender<Result<(), RuntimeError>>>,
+    cause: StartCause,
+    asked: Instant,
 ) -> Exit {
     let started = Instant::now();
     let id = &shared.identity;
@@ -569,6 +793,7 @@ async fn run_child(
                 was_ready: false,
                 ran_for: Duration::ZERO,
                 reason: format!("the plugin's code folder does not match its package: {why}"),
+                idle: false,
             };
         }
     }
@@ -579,10 +804,15 @@ async fn run_child(
                 was_ready: false,
                 ran_for: Duration::ZERO,
                 reason: format!("cannot run {}: {e}", process.program.display()),
+                idle: false,
             }
         }
     };
     shared.set_pid(child.id());
+    shared.starts.fetch_add(1, Ordering::SeqCst);
+    let _process = crate::metrics::ProcessGuard::new();
+    let mut idle = false;
+    let idle_timeout = shared.options.idle_timeout;
     let mut permit = Some(permit);
     let max_line = shared.options.max_line;
     let mut stdout = FramedRead::new(
@@ -620,7 +850,15 @@ async fn run_child(
                             permit.take();
                             shared.set_writer(Some(write_tx.clone()));
                             shared.state.send_replace(RuntimeState::Ready);
-                            tracing::info!(plugin = %id, pid = ?child.id(), "plugin ready");
+                            let took = asked.elapsed();
+                            crate::metrics::record_plugin_start(cause.label(), took);
+                            tracing::info!(
+                                plugin = %id,
+                                pid = ?child.id(),
+                                cause = cause.label(),
+                                start_ms = took.as_millis() as u64,
+                                "plugin ready"
+                            );
                             if let Some(first) = first.take() {
                                 let _ = first.send(Ok(()));
                             }
@@ -676,6 +914,13 @@ async fn run_child(
                 if ready && last_active.elapsed() >= silence_limit {
                     break format!("no output for {} s", silence_limit.as_secs());
                 }
+                if let Some(limit) = idle_timeout.filter(|_| ready) {
+                    if shared.stop_if_idle(limit) {
+                        idle = true;
+                        tracing::info!(plugin = %id, pid = ?child.id(), idle_s = limit.as_secs(), "stopping the plugin: no session for the idle timeout");
+                        break "idle".to_owned();
+                    }
+                }
             }
         }
     };
@@ -714,6 +959,13 @@ async fn run_child(
             stderr_tail.push_back(String::from_utf8_lossy(&line).into_owned());
         }
     }
+    crate::metrics::record_plugin_stop(if idle {
+        "idle"
+    } else if shared.cancel.is_cancelled() {
+        "requested"
+    } else {
+        "ended"
+    });
     let memory_note = memory_breach(&stderr_tail, process.jail.as_ref());
     let mut reason = format!("{reason}; process {status}{memory_note}");
     if !ready && !stderr_tail.is_empty() {
@@ -724,6 +976,7 @@ async fn run_child(
         was_ready: ready,
         ran_for: started.elapsed(),
         reason,
+        idle,
     }
 }
 

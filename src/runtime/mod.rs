@@ -95,6 +95,10 @@ pub enum RuntimeState {
     Stopping,
     /// Stopped on request; it will not come back.
     Stopped,
+    /// No process runs: it was stopped after PLUGIN_LOCAL_IDLE_TIMEOUT
+    /// without a session, or not started yet after a daemon restart. The
+    /// next session starts it again.
+    Idle,
     /// The first launch failed; the text says why.
     Failed(String),
 }

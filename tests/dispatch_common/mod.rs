@@ -60,6 +60,8 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 pub struct HostTimings {
     pub heartbeat_timeout: Duration,
     pub max_execution_timeout: Duration,
+    /// PLUGIN_LOCAL_IDLE_TIMEOUT; `None` keeps plugins running.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for HostTimings {
@@ -67,6 +69,7 @@ impl Default for HostTimings {
         Self {
             heartbeat_timeout: Duration::from_secs(60),
             max_execution_timeout: Duration::from_secs(60),
+            idle_timeout: None,
         }
     }
 }
@@ -93,6 +96,7 @@ pub fn host(timings: HostTimings) -> LocalHost {
     let options = LocalOptions {
         heartbeat_timeout: timings.heartbeat_timeout,
         max_execution_timeout: timings.max_execution_timeout,
+        idle_timeout: timings.idle_timeout,
         backoff_initial: Duration::from_millis(200),
         stop_grace: Duration::from_secs(2),
         ..LocalOptions::default()
