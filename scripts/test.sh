@@ -68,14 +68,15 @@ unset PLUGIND_TEST_POSTGRES_URL
 cargo test --workspace --no-fail-fast
 
 # The suites that open the store run again on a real PostgreSQL server, and
-# the replica suite (three `plugind serve` over one database) runs there only.
+# the replica suites (three `plugind serve` over one database, local and
+# serverless) run there only.
 say "PostgreSQL"
 POSTGRES_URL="$(scripts/postgres.sh start | tail -n 1)"
 POSTGRES_STARTED=1
 say "store and API suites on PostgreSQL"
 PLUGIND_TEST_POSTGRES_URL="$POSTGRES_URL" cargo test --no-fail-fast \
   --test store --test endpoint_store --test api_management --test api_bundle --test dispatch_invoke \
-  --test replicas
+  --test replicas --test replicas_serverless
 
 say "plugind serve"
 # Built on its own: `cargo test` may not build the binary (no integration test

@@ -381,6 +381,12 @@ impl Daemon {
         post_echo(&self.client, &url, ECHO, i).await;
     }
 
+    /// SIGKILL: the daemon gets no chance to clean up (its plugins die
+    /// with it through their death signal).
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
     pub async fn stop(mut self) {
         if let Ok(pid) = self.pid.parse::<i32>() {
             // SIGTERM: the daemon stops its plugins before exiting.

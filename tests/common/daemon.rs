@@ -32,6 +32,9 @@ pub struct DaemonSpec {
     pub program: PathBuf,
     /// A uid (and gid) to run the daemon as; root only.
     pub run_as: Option<u32>,
+    /// SERVER_PORT, chosen when the spec is made, so settings that name
+    /// the daemon's own address (a callback URL) can be set before it runs.
+    pub port: u16,
 }
 
 impl DaemonSpec {
@@ -48,7 +51,13 @@ impl DaemonSpec {
             remove: Vec::new(),
             program: PathBuf::from(env!("CARGO_BIN_EXE_plugind")),
             run_as: None,
+            port: free_port(),
         }
+    }
+
+    /// `http://127.0.0.1:<port>`: where the daemon will serve.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Adds (or overrides) a variable.
@@ -95,7 +104,7 @@ impl Daemon {
             .append(true)
             .open(&spec.log)
             .unwrap();
-        let port = free_port();
+        let port = spec.port;
         let debug_port = free_port();
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.arg("serve")
