@@ -50,18 +50,9 @@ async fn spawn_mcp() -> McpFixture {
     let state = AppState::build_local(settings, dispatch_common::host(HostTimings::default()))
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // As `plugind serve` does: small stream chunks go out at once.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let router = plugind::api::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
+    let base = common::serve_router(plugind::api::app(state.clone())).await;
     let app = TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,

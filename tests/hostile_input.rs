@@ -17,7 +17,7 @@ use plugind::runtime::protocol::SessionMessage;
 use plugind::runtime::{
     PluginRuntime, RuntimeError, RuntimeState, SessionRequest, SessionStream, SessionTable,
 };
-use plugind::serve::{serve_http, HttpTimeouts};
+use plugind::serve::HttpTimeouts;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -43,20 +43,9 @@ async fn spawn(timeouts: HttpTimeouts) -> TestApp {
     let state = AppState::build_with_step(settings, Arc::new(NoopInstallStep))
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = plugind::api::app(state.clone());
-    tokio::spawn(serve_http(
-        listener,
-        app,
-        timeouts,
-        std::future::pending::<()>(),
-    ));
+    let base = common::serve_router_with(plugind::api::app(state.clone()), timeouts).await;
     TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,

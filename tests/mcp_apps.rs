@@ -41,10 +41,7 @@ async fn serve_apps() -> Served {
     let state = AppState::build_with_step(settings, Arc::new(NoopInstallStep))
         .await
         .unwrap();
-    let router = plugind::api::app(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let base = common::serve_router(plugind::api::app(state)).await;
     let client = reqwest::Client::new();
     let (url, token) = common::create_mcp_server(
         &client,

@@ -149,11 +149,9 @@ async fn start(extra: &[&str]) -> Fixture {
     let invoker = Arc::new(EchoInvoker::default());
     let gateway = McpGateway::new(state.clone(), invoker.clone());
     let router = plugind::api::app_with_mcp(state.clone(), gateway);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let base = common::serve_router(router).await;
     let app = TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,

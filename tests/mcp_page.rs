@@ -28,10 +28,7 @@ async fn serve() -> Served {
     let state = AppState::build_with_step(settings, Arc::new(NoopInstallStep))
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = plugind::api::app(state.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let base = common::serve_router(plugind::api::app(state.clone())).await;
     let app = common::TestApp {
         base: base.clone(),
         client: reqwest::Client::new(),

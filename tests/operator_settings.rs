@@ -72,12 +72,9 @@ async fn an_install_past_the_install_timeout_fails_its_task_and_stops_the_step()
 }
 
 async fn serve(state: AppState) -> common::TestApp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = plugind::api::app(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = common::serve_router(plugind::api::app(state.clone())).await;
     common::TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir: tempfile::tempdir().unwrap(),

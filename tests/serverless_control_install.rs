@@ -47,14 +47,9 @@ async fn spawn(
     let state = AppState::build_serverless(settings, builder, moto.clients())
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = plugind::api::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let base = common::serve_router(plugind::api::app(state.clone())).await;
     TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,

@@ -95,6 +95,34 @@ pub async fn spawn_app_with(extra: &[&str], step: Arc<dyn InstallStep>) -> TestA
 }
 
 /// Starts a daemon over an existing folder and database.
+/// Serves `router` (the daemon's API) on a free loopback port as `plugind
+/// serve` does: no delay on small response pieces, the HTTP timeouts;
+/// returns its base URL. Every in-process test daemon is served here.
+pub async fn serve_router(router: axum::Router) -> String {
+    serve_router_with(router, plugind::serve::HttpTimeouts::default()).await
+}
+
+/// As [`serve_router`], with other HTTP timeouts.
+pub async fn serve_router_with(
+    router: axum::Router,
+    timeouts: plugind::serve::HttpTimeouts,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Small response pieces go out at once instead of waiting for the
+    // client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(plugind::serve::serve_http(
+        listener,
+        router,
+        timeouts,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
 pub async fn serve(
     dir: tempfile::TempDir,
     database_url: String,
@@ -103,23 +131,9 @@ pub async fn serve(
 ) -> TestApp {
     let settings = settings(dir.path(), &database_url, extra);
     let state = AppState::build_with_step(settings, step).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // As `plugind serve` does: small response pieces go out at once
-    // instead of waiting for the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = plugind::api::app(state.clone());
-    // Served as `plugind serve` serves it, timeouts included.
-    tokio::spawn(plugind::serve::serve_http(
-        listener,
-        app,
-        plugind::serve::HttpTimeouts::default(),
-        std::future::pending(),
-    ));
+    let base = serve_router(plugind::api::app(state.clone())).await;
     TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,

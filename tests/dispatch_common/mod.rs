@@ -128,22 +128,9 @@ pub async fn serve_local(
     if let Some(local) = &state.local {
         local.relaunch_installed(&state.store, 2).await;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // As `plugind serve` does: small stream chunks go out at once.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = plugind::api::app(state.clone());
-    // Served as `plugind serve` serves it, timeouts included.
-    tokio::spawn(plugind::serve::serve_http(
-        listener,
-        app,
-        plugind::serve::HttpTimeouts::default(),
-        std::future::pending(),
-    ));
+    let base = common::serve_router(plugind::api::app(state.clone())).await;
     TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,

@@ -47,13 +47,6 @@ pub async fn serve_app(
     let state = AppState::build_with_step(settings, Arc::new(NoopInstallStep))
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // As `plugind serve` does: small response pieces go out at once
-    // instead of waiting for the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let app = match invoker {
         None => plugind::api::app(state.clone()),
         Some(invoker) => {
@@ -66,15 +59,9 @@ pub async fn serve_app(
                 .fallback_service(plugind::api::app(state.clone()))
         }
     };
-    // Served as `plugind serve` serves it, timeouts included.
-    tokio::spawn(plugind::serve::serve_http(
-        listener,
-        app,
-        plugind::serve::HttpTimeouts::default(),
-        std::future::pending(),
-    ));
+    let base = common::serve_router(app).await;
     TestApp {
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
         state,
         dir,
