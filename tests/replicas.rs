@@ -29,6 +29,8 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(300);
 /// dead replica is noticed within the test's patience.
 const HEARTBEAT: &str = "1";
 const NODE_TIMEOUT: u64 = 4;
+/// Calls spread round-robin over the replicas, every answer checked.
+const ROUND_ROBIN_CALLS: usize = 3000;
 
 /// The shared database URL, or `None` (with the reason printed).
 fn postgres() -> Option<String> {
@@ -321,8 +323,8 @@ async fn round_robin_calls_succeed_and_a_draining_replica_finishes_its_sessions(
         echo_eventually(replicas.node(n), "warm", INSTALL_LIMIT, || replicas.logs()).await;
     }
 
-    // A few hundred calls spread over the three, a handful at a time.
-    let calls = futures::stream::iter(0..300).map(|i| {
+    // Three thousand calls spread over the three, a dozen at a time.
+    let calls = futures::stream::iter(0..ROUND_ROBIN_CALLS).map(|i| {
         let daemon = replicas.node(i % 3 + 1);
         async move {
             let text = format!("call {i}");
@@ -332,7 +334,7 @@ async fn round_robin_calls_succeed_and_a_draining_replica_finishes_its_sessions(
             (i, text, body)
         }
     });
-    let answers: Vec<_> = futures::StreamExt::buffer_unordered(calls, 6)
+    let answers: Vec<_> = futures::StreamExt::buffer_unordered(calls, 12)
         .collect()
         .await;
     for (i, text, body) in &answers {
@@ -344,7 +346,7 @@ async fn round_robin_calls_succeed_and_a_draining_replica_finishes_its_sessions(
         );
         assert_eq!(&texts(&envelopes), text, "call {i}");
     }
-    assert_eq!(answers.len(), 300);
+    assert_eq!(answers.len(), ROUND_ROBIN_CALLS);
 
     // SIGTERM while a slow session runs on replica 2: it stops taking work
     // (readiness and new calls answer 503) and the session finishes.
