@@ -41,9 +41,31 @@ pub enum AppStateError {
     },
 }
 
-/// Everything a request handler needs. Cheap to clone.
+/// Everything a request handler needs, behind one `Arc`: a handler, a
+/// middleware and a session each hold a copy, so a clone is one reference
+/// count rather than one per field. Fields read through `Deref`; a write
+/// (`state.installer = …`, used by tests) copies the fields first if the
+/// state is shared.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut AppParts {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Clone)]
+pub struct AppParts {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub storage: Arc<dyn Storage>,
@@ -250,7 +272,7 @@ impl AppState {
             Arc::new(SqlKvStore::new(store.clone())),
             crate::backwards::storage::DEFAULT_MAX_STORAGE_SIZE,
         );
-        Ok(Self {
+        Ok(Self(Arc::new(AppParts {
             settings: Arc::new(settings),
             store,
             storage,
@@ -263,6 +285,6 @@ impl AppState {
             local,
             serverless,
             cluster,
-        })
+        })))
     }
 }

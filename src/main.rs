@@ -7,6 +7,15 @@ use plugind::mcp::cli::McpCommand;
 use plugind::package::cli::PluginCommand;
 use plugind::settings::Settings;
 
+/// mimalloc instead of glibc malloc: under load glibc keeps freed memory in
+/// its per-thread arenas (the daemon's heap stayed at the size of its
+/// busiest minute), and its malloc/free were the largest user-space cost of
+/// a dispatch. mimalloc purges freed pages back to the system shortly after
+/// they empty and allocates with less work per call; the figures are in
+/// docs/benchmarks.md ("Memory").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// plugind: a serverless-first plugin daemon for Dify.
 ///
 /// Settings are read from the environment, then from a `.env` file in the

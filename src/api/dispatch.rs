@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{middleware, Json, Router};
@@ -270,9 +270,9 @@ pub fn router(state: AppState) -> Router<AppState> {
             post(
                 move |state: State<AppState>,
                       tenant: Path<String>,
-                      headers: HeaderMap,
+                      plugin: PluginIdHeader,
                       body: Result<Bytes, BytesRejection>| {
-                    handle(state, tenant, headers, body, spec)
+                    handle(state, tenant, plugin, body, spec)
                 },
             ),
         );
@@ -282,6 +282,27 @@ pub fn router(state: AppState) -> Router<AppState> {
         state,
         super::require_api_key,
     ))
+}
+
+/// The trimmed `X-Plugin-ID` header, empty when missing: read from the
+/// request's headers in place (the `HeaderMap` extractor copies them all).
+struct PluginIdHeader(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PluginIdHeader {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Infallible> {
+        let value = parts
+            .headers
+            .get(PLUGIN_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("");
+        Ok(Self(value.to_owned()))
+    }
 }
 
 /// The body Dify sends: the session's context and the action's `data`.
@@ -312,7 +333,7 @@ fn refuse(status: StatusCode, err: DaemonError) -> Response {
 async fn handle(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-    headers: HeaderMap,
+    PluginIdHeader(plugin_id): PluginIdHeader,
     body: Result<Bytes, BytesRejection>,
     spec: &'static DispatchRoute,
 ) -> Response {
@@ -333,11 +354,6 @@ async fn handle(
             return refuse(status, DaemonError::BadRequest(message));
         }
     };
-    let plugin_id = headers
-        .get(PLUGIN_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .unwrap_or("");
     if plugin_id.is_empty() {
         crate::metrics::record_request(spec.path, "refused", started.elapsed());
         return refuse(
@@ -359,7 +375,7 @@ async fn handle(
     let span = tracing::info_span!("dispatch", session_id = %header.session_id, route = spec.path);
     let invoke = InvokeRequest {
         tenant_id,
-        plugin_id: plugin_id.to_owned(),
+        plugin_id,
         access_type: spec.access_type.to_owned(),
         action: spec.action.to_owned(),
         user_id,

@@ -217,19 +217,54 @@ pub fn request_line(
     action: &str,
     payload: &Map<String, Value>,
 ) -> Bytes {
-    let mut data = Map::with_capacity(payload.len() + 3);
-    for (k, v) in payload {
-        data.insert(k.clone(), v.clone());
-    }
-    // The routing fields win over any payload key of the same name.
-    data.insert("user_id".into(), Value::String(user_id.to_owned()));
-    data.insert("type".into(), Value::String(access_type.to_owned()));
-    data.insert("action".into(), Value::String(action.to_owned()));
     encode(&InStreamLine {
         header,
         event: "request",
-        data,
+        data: RequestData {
+            routing: [
+                ("action", action),
+                ("type", access_type),
+                ("user_id", user_id),
+            ],
+            payload,
+        },
     })
+}
+
+/// A request line's `data`, serialized from the caller's payload in place
+/// (it is not copied): the payload's keys and the routing fields in one
+/// sorted map, the routing fields winning over payload keys of the same
+/// name. The bytes are those of a `Map` holding both (keys in its sorted
+/// order), as the unit tests check.
+struct RequestData<'a> {
+    /// Sorted by key.
+    routing: [(&'static str, &'a str); 3],
+    payload: &'a Map<String, Value>,
+}
+
+impl Serialize for RequestData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let shadowed = self
+            .payload
+            .keys()
+            .filter(|k| self.routing.iter().any(|(r, _)| r == k))
+            .count();
+        let mut map = serializer.serialize_map(Some(self.payload.len() - shadowed + 3))?;
+        let mut routing = self.routing.iter().peekable();
+        for (key, value) in self.payload {
+            while let Some((name, text)) = routing.next_if(|(name, _)| *name <= key.as_str()) {
+                map.serialize_entry(name, text)?;
+            }
+            if !self.routing.iter().any(|(name, _)| name == key) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        for (name, text) in routing {
+            map.serialize_entry(name, text)?;
+        }
+        map.end()
+    }
 }
 
 /// What one backwards-response line carries.
@@ -399,6 +434,38 @@ mod tests {
             })
         );
         assert!(!line.contains(&b'\n'));
+    }
+
+    #[test]
+    fn request_data_is_the_bytes_of_the_merged_map() {
+        let payloads = [
+            json!({}),
+            json!({"provider": "p", "tool_parameters": {"q": [1, "two", null]}}),
+            // Keys before, between and after the routing fields, and payload
+            // keys the routing fields must replace.
+            json!({"a": 1, "b": 2, "type": "forged", "u": true, "user_id": "x", "zz": {}}),
+            json!({"action": "forged", "Z": 0, "é": "non-ascii key"}),
+        ];
+        for payload in payloads {
+            let payload = payload.as_object().unwrap().clone();
+            let mut merged = payload.clone();
+            merged.insert("user_id".into(), json!("u"));
+            merged.insert("type".into(), json!("tool"));
+            merged.insert("action".into(), json!("invoke_tool"));
+            let data = RequestData {
+                routing: [
+                    ("action", "invoke_tool"),
+                    ("type", "tool"),
+                    ("user_id", "u"),
+                ],
+                payload: &payload,
+            };
+            assert_eq!(
+                serde_json::to_string(&data).unwrap(),
+                serde_json::to_string(&merged).unwrap(),
+                "{payload:?}"
+            );
+        }
     }
 
     #[test]
